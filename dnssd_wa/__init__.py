@@ -1,0 +1,1 @@
+"""dnssd_wa: see DESIGN.md §2 (work in progress)."""

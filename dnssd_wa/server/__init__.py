@@ -1,0 +1,1 @@
+"""The embedded btmm DNS server (work in progress)."""

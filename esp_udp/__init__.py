@@ -1,0 +1,1 @@
+"""esp_udp: see DESIGN.md §2 (work in progress)."""

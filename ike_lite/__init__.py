@@ -1,0 +1,1 @@
+"""ike_lite: see DESIGN.md §2 (work in progress)."""

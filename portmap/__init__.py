@@ -1,0 +1,1 @@
+"""portmap: see DESIGN.md §2 (work in progress)."""
