@@ -1,1 +1,5 @@
-"""Launchers for the real peers (BIND, Knot, strongSwan, miniupnpd, a STUN server) used by tests, benchmarks and the demo: each runs in a temp dir / network namespace and is stopped by PID."""
+"""Launchers for the real peers used by tests, benchmarks and the demo.
+
+BIND, Knot, strongSwan, miniupnpd and a STUN server: each runs from a temp dir and/or in
+a network namespace and is stopped by its PID.
+"""
