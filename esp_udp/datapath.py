@@ -1,0 +1,603 @@
+"""The userspace ESP-in-UDP datapath: one UDP port, one TUN device, many peers.
+
+How this works
+--------------
+One :class:`Datapath` per host owns
+
+* one UDP socket on ``port`` (4500), shared by IKE and ESP (RFC 3948 non-ESP marker);
+* one TUN device (``btmm0``) holding the local ULA /128, and one host route per peer ULA
+  /128 with the tunnel MTU (1280 by default, like BTMM);
+* the SA tables: inner destination → peer → outbound SA ("cryptokey routing", as in
+  wireguard-go) and inbound SPI → (inbound SA, peer).
+
+A **worker thread** runs the packet pump: an ``epoll`` loop that drains up to ``batch``
+packets per wake-up from the TUN device (seal → ``sendto``) and from the socket
+(classify → open → write to TUN), with preallocated buffers and ``recvfrom_into`` /
+``readv`` / ``encrypt_into`` / ``decrypt_into`` / ``pack_into``, so the hot path allocates
+almost nothing. Everything else — IKE (asyncio in the main thread), the command line —
+talks to it through this class's methods, which are safe to call from any thread:
+
+* SA tables are replaced copy-on-write under a lock; the worker only reads the current
+  dict, so it never locks. Sequence numbers and replay windows are touched only by the
+  worker.
+* IKE datagrams (received with the non-ESP marker) are passed, marker stripped, to the
+  ``on_ike(data, addr)`` callback **in the worker thread**; an asyncio IKE wraps it with
+  :func:`asyncio_bridge` (``loop.call_soon_threadsafe``). :meth:`Datapath.send_ike` adds
+  the marker and sends from the caller's thread.
+* Events (:class:`DatapathEvent`: ``rekey_needed``, ``seq_exhausted``, ``nat_rebind``,
+  ``sa_expired``) go to ``on_event(event)``, also in the worker thread.
+
+Why a thread and not asyncio or a process: measured on this machine (see
+/work/shared/reference/datapath-facts.md) a single tight epoll loop with batching reaches
+≈1.5× strongSwan's kernel-libipsec; asyncio adds per-packet overhead; extra threads do not
+help (cryptography holds the GIL), and IKE is a handful of packets, so sharing the GIL with
+it costs nothing measurable. Scaling past one core needs worker *processes* (``SO_REUSEPORT``
+sockets steered by SPI with a cBPF program, one SA pair per worker, a multi-queue TUN); the
+API below is shaped so that change stays inside this module.
+
+Make-before-break rekey (RFC 7296 §2.8): :meth:`Datapath.install_inbound` the new inbound SA
+first, then :meth:`Datapath.replace_outbound` switches sending; the old inbound SA stays
+(``linger`` seconds, packets in flight still open) and is then removed — or remove it
+yourself with :meth:`Datapath.remove_sa`. :meth:`Datapath.rekey` does all three.
+
+NAT: a peer's outer address follows the source of authenticated ESP (NAT rebinding), and a
+one-byte 0xFF keepalive is sent after ``keepalive_interval`` seconds without sending to a
+peer added with ``keepalive=True`` (set it when we are behind a NAT).
+
+Counters per peer (packets/bytes in and out, auth failures, replays, drops by reason) are
+read with :meth:`Datapath.counters` as a JSON-able dict. :meth:`Datapath.close` stops the
+worker, removes routes and deletes the TUN device.
+
+Usage::
+
+    dp = Datapath("fd00:1::1", port=4500, tun_name="btmm0", on_ike=handler)
+    dp.start()
+    dp.add_peer(SAParams.from_json(peer_dict))
+    ...
+    dp.close()
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import ipaddress
+import os
+import select
+import socket
+import struct
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from esp_udp.encap import KEEPALIVE, KEEPALIVE_INTERVAL, NON_ESP_MARKER, KeepaliveTimer
+from esp_udp.errors import ConfigError, DropReason, EspError
+from esp_udp.esp import NH_IPV4, NH_IPV6, OVERHEAD_MAX, InboundSA, OutboundSA
+from esp_udp.replay import DEFAULT_WINDOW
+from esp_udp.sa import SAParams, Suite
+from esp_udp.tun import TunDevice
+
+Addr = tuple[str, int]
+IkeHandler = Callable[[bytes, Addr], None]
+
+DEFAULT_PORT = 4500
+DEFAULT_TUN = "btmm0"
+DEFAULT_MTU = 1280
+DEFAULT_LINGER = 10.0
+BUF_SIZE = 65536 + 256
+_U32 = struct.Struct("!I")
+
+
+@dataclass(frozen=True)
+class DatapathEvent:
+    """Something the control plane (IKE, the CLI) should know about."""
+
+    kind: str  # "rekey_needed" | "seq_exhausted" | "nat_rebind" | "sa_expired"
+    inner: str
+    spi: int = 0
+    old_outer: Addr | None = None
+    new_outer: Addr | None = None
+
+
+@dataclass
+class PeerCounters:
+    packets_in: int = 0
+    bytes_in: int = 0
+    packets_out: int = 0
+    bytes_out: int = 0
+    auth_failures: int = 0
+    replays: int = 0
+    drops: int = 0
+    keepalives_sent: int = 0
+    drop_reasons: dict[str, int] = field(default_factory=dict)
+
+    def drop(self, reason: DropReason) -> None:
+        self.drops += 1
+        self.drop_reasons[reason.value] = self.drop_reasons.get(reason.value, 0) + 1
+        if reason is DropReason.AUTH_FAILED:
+            self.auth_failures += 1
+        elif reason is DropReason.REPLAY or reason is DropReason.TOO_OLD:
+            self.replays += 1
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "packets_in": self.packets_in, "bytes_in": self.bytes_in,
+            "packets_out": self.packets_out, "bytes_out": self.bytes_out,
+            "auth_failures": self.auth_failures, "replays": self.replays, "drops": self.drops,
+            "keepalives_sent": self.keepalives_sent, "drop_reasons": dict(self.drop_reasons),
+        }
+
+
+class _Peer:
+    """Mutable per-peer state (worker-owned fields: counters, outer on rebinding)."""
+
+    __slots__ = ("counters", "inbound_spis", "inner", "inner_key", "keepalive", "outbound",
+                 "outer", "signalled", "suite")
+
+    def __init__(self, inner: ipaddress.IPv6Address, outer: Addr, keepalive: KeepaliveTimer | None) -> None:
+        self.inner = inner
+        self.inner_key = inner.packed
+        self.outer = outer
+        self.outbound: OutboundSA | None = None
+        self.suite: Suite | None = None
+        self.inbound_spis: list[int] = []
+        self.counters = PeerCounters()
+        self.keepalive = keepalive
+        self.signalled: set[int] = set()
+
+
+def asyncio_bridge(loop: asyncio.AbstractEventLoop, handler: IkeHandler) -> IkeHandler:
+    """An ``on_ike`` callback that runs ``handler(data, addr)`` in ``loop``'s thread."""
+
+    def deliver(data: bytes, addr: Addr) -> None:
+        with contextlib.suppress(RuntimeError):  # loop closed during shutdown
+            loop.call_soon_threadsafe(handler, data, addr)
+
+    return deliver
+
+
+class Datapath:
+    """ESP-in-UDP datapath over a TUN device. See the module docstring."""
+
+    def __init__(
+        self,
+        local_inner: str | ipaddress.IPv6Address,
+        *,
+        port: int = DEFAULT_PORT,
+        bind: str = "0.0.0.0",  # noqa: S104 - the tunnel port is public by design
+        tun_name: str = DEFAULT_TUN,
+        mtu: int = DEFAULT_MTU,
+        on_ike: IkeHandler | None = None,
+        on_event: Callable[[DatapathEvent], None] | None = None,
+        replay_window: int = DEFAULT_WINDOW,
+        keepalive_interval: float = KEEPALIVE_INTERVAL,
+        linger: float = DEFAULT_LINGER,
+        socket_buffer: int = 4 << 20,
+        batch: int = 64,
+        seq_limits: tuple[int, int] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.local_inner = ipaddress.IPv6Address(str(local_inner).split("/")[0])
+        self.port = port
+        self.bind = bind
+        self.tun_name = tun_name
+        self.mtu = mtu
+        self.on_ike = on_ike
+        self.on_event = on_event
+        self.replay_window = replay_window
+        self.keepalive_interval = keepalive_interval
+        self.linger = linger
+        self.socket_buffer = socket_buffer
+        self.batch = batch
+        self.seq_limits = seq_limits
+        self.clock = clock
+        self.tun: TunDevice | None = None
+        self.sock: socket.socket | None = None
+        self.counters_global = PeerCounters()  # drops not attributable to a peer, IKE, keepalives
+        self.ike_in = 0
+        self.ike_out = 0
+        self.keepalives_in = 0
+        self._lock = threading.Lock()
+        self._peers: dict[bytes, _Peer] = {}  # inner address (16 bytes) → peer
+        self._inbound: dict[int, tuple[InboundSA, _Peer]] = {}
+        self._expiring: list[tuple[float, int]] = []  # (deadline, inbound spi)
+        self._thread: threading.Thread | None = None
+        self._running = False
+        self._wake_r = -1
+        self._wake_w = -1
+        # Preallocated buffers, used only by the worker thread.
+        self._pbuf = bytearray(BUF_SIZE)
+        self._pview = memoryview(self._pbuf)
+        self._oview = memoryview(bytearray(BUF_SIZE + OVERHEAD_MAX))
+        self._rbuf = bytearray(BUF_SIZE)
+        self._rview = memoryview(self._rbuf)
+        self._dbuf = bytearray(BUF_SIZE)
+        self._dview = memoryview(self._dbuf)
+
+    # ------------------------------------------------------------------ lifecycle
+    def start(self) -> None:
+        """Create the TUN device and the socket, start the worker thread."""
+        if self._thread is not None:
+            return
+        self.tun = TunDevice(self.tun_name, mtu=self.mtu)
+        try:
+            self.tun.set_address(self.local_inner)
+            self.sock = self._open_socket()
+        except BaseException:
+            self.tun.close()
+            raise
+        self.tun_name = self.tun.name
+        for peer in self._peers.values():
+            self.tun.add_route(peer.inner, self.mtu)
+        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._running = True
+        self._thread = threading.Thread(target=self._run, name="esp-datapath", daemon=True)
+        self._thread.start()
+
+    def _open_socket(self) -> socket.socket:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        for opt, force in ((socket.SO_RCVBUF, 33), (socket.SO_SNDBUF, 32)):  # *BUFFORCE
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, force, self.socket_buffer)
+            except OSError:
+                sock.setsockopt(socket.SOL_SOCKET, opt, self.socket_buffer)
+        try:
+            sock.bind((self.bind, self.port))
+        except OSError as exc:
+            sock.close()
+            raise OSError(exc.errno, f"cannot bind UDP {self.bind}:{self.port}: {exc.strerror} "
+                          "(another tunnel or IKE daemon on this port? use --port)") from None
+        sock.setblocking(False)
+        return sock
+
+    def close(self) -> None:
+        """Stop the worker, remove the routes, delete the TUN device, close the socket."""
+        self._running = False
+        if self._wake_w >= 0:
+            with contextlib.suppress(OSError):
+                os.write(self._wake_w, b"x")
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout=5)
+        self._thread = None
+        if self.tun is not None:
+            self.tun.close()
+        if self.sock is not None:
+            self.sock.close()
+        for fd in (self._wake_r, self._wake_w):
+            if fd >= 0:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+        self._wake_r = self._wake_w = -1
+
+    def __enter__(self) -> Datapath:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def local_port(self) -> int:
+        """The bound UDP port (useful with ``port=0``)."""
+        if self.sock is None:
+            return self.port
+        return int(self.sock.getsockname()[1])
+
+    # ------------------------------------------------------------------ control plane
+    def add_peer(self, params: SAParams, *, keepalive: bool = False) -> None:
+        """A peer with its first SA pair: route its ULA /128 into the TUN device.
+
+        ``keepalive``: send 0xFF after ``keepalive_interval`` s of silence toward it (set
+        when this host is behind a NAT). Replaces an existing peer of the same inner address.
+        """
+        if params.inner == self.local_inner:
+            raise ConfigError(f"peer inner address {params.inner} is this host's own address")
+        timer = KeepaliveTimer(self.keepalive_interval, self.clock()) if keepalive else None
+        peer = _Peer(params.inner, params.outer, timer)
+        with self._lock:
+            old = self._peers.get(peer.inner_key)
+            if old is not None:
+                self._drop_peer_locked(old)
+            self._peers = {**self._peers, peer.inner_key: peer}
+        self.install_inbound(str(params.inner), params.spi_in, params.suite, params.key_in)
+        self.replace_outbound(str(params.inner), params.spi_out, params.suite, params.key_out)
+        if self.tun is not None:
+            self.tun.add_route(params.inner, self.mtu)
+
+    def remove_peer(self, inner: str | ipaddress.IPv6Address) -> None:
+        """Forget a peer: its SAs, its route."""
+        key = ipaddress.IPv6Address(str(inner)).packed
+        with self._lock:
+            peer = self._peers.get(key)
+            if peer is None:
+                return
+            self._drop_peer_locked(peer)
+            self._peers = {k: v for k, v in self._peers.items() if k != key}
+        if self.tun is not None:
+            self.tun.remove_route(peer.inner)
+
+    def _drop_peer_locked(self, peer: _Peer) -> None:
+        spis = set(peer.inbound_spis)
+        self._inbound = {s: e for s, e in self._inbound.items() if s not in spis}
+        peer.outbound = None
+
+    def _peer(self, inner: str | ipaddress.IPv6Address) -> _Peer:
+        peer = self._peers.get(ipaddress.IPv6Address(str(inner)).packed)
+        if peer is None:
+            raise ConfigError(f"no peer with inner address {inner}; add_peer() first")
+        return peer
+
+    def install_inbound(self, inner: str, spi: int, suite: Suite, keymat: bytes) -> None:
+        """Accept ESP with ``spi`` from the peer (before the peer starts using it)."""
+        peer = self._peer(inner)
+        sa = InboundSA(spi, suite, keymat, window=self.replay_window)
+        with self._lock:
+            if spi in self._inbound and self._inbound[spi][1] is not peer:
+                raise ConfigError(f"inbound SPI {spi:08x} is already used by another peer")
+            self._inbound = {**self._inbound, spi: (sa, peer)}
+            if spi not in peer.inbound_spis:
+                peer.inbound_spis.append(spi)
+
+    def replace_outbound(self, inner: str, spi: int, suite: Suite, keymat: bytes) -> None:
+        """Send to the peer with the new SA from now on (sequence numbers restart at 1)."""
+        peer = self._peer(inner)
+        if self.seq_limits is not None:
+            sa = OutboundSA(spi, suite, keymat, soft_limit=self.seq_limits[0],
+                            hard_limit=self.seq_limits[1])
+        else:
+            sa = OutboundSA(spi, suite, keymat)
+        peer.outbound = sa
+        peer.suite = suite
+
+    def remove_sa(self, spi: int, *, after: float = 0.0) -> None:
+        """Remove the inbound SA ``spi`` now, or ``after`` seconds (from the worker's tick)."""
+        if after > 0:
+            with self._lock:
+                self._expiring.append((self.clock() + after, spi))
+            return
+        with self._lock:
+            entry = self._inbound.get(spi)
+            if entry is None:
+                return
+            self._inbound = {s: e for s, e in self._inbound.items() if s != spi}
+            with contextlib.suppress(ValueError):
+                entry[1].inbound_spis.remove(spi)
+
+    def rekey(self, params: SAParams, *, linger: float | None = None) -> None:
+        """Make-before-break: new inbound, switch outbound, old inbound removed after ``linger``."""
+        peer = self._peer(str(params.inner))
+        old_spis = [s for s in peer.inbound_spis if s != params.spi_in]
+        self.install_inbound(str(params.inner), params.spi_in, params.suite, params.key_in)
+        self.replace_outbound(str(params.inner), params.spi_out, params.suite, params.key_out)
+        for spi in old_spis:
+            self.remove_sa(spi, after=self.linger if linger is None else linger)
+
+    def update_outer(self, inner: str, outer: Addr) -> None:
+        """Send to the peer at ``outer`` from now on (e.g. after an IKE MOBIKE update)."""
+        self._peer(inner).outer = outer
+
+    def set_keepalive(self, inner: str, enabled: bool) -> None:
+        peer = self._peer(inner)
+        peer.keepalive = KeepaliveTimer(self.keepalive_interval, self.clock()) if enabled else None
+
+    def send_ike(self, data: bytes, addr: Addr) -> None:
+        """Send one IKE message to ``addr`` from the shared port, with the non-ESP marker."""
+        if self.sock is None:
+            raise ConfigError("datapath not started")
+        self.sock.sendto(NON_ESP_MARKER + data, addr)
+        self.ike_out += 1
+
+    def peer_outer(self, inner: str) -> Addr:
+        return self._peer(inner).outer
+
+    def counters(self) -> dict[str, Any]:
+        """Counters and SA facts as a JSON-able dict (no keys)."""
+        peers = []
+        for peer in list(self._peers.values()):
+            sa = peer.outbound
+            peers.append({
+                "inner": str(peer.inner), "outer": f"{peer.outer[0]}:{peer.outer[1]}",
+                "suite": peer.suite.value if peer.suite else None,
+                "spi_out": f"{sa.spi:08x}" if sa else None, "seq_out": sa.seq if sa else 0,
+                "spi_in": [f"{s:08x}" for s in peer.inbound_spis],
+                **peer.counters.to_json(),
+            })
+        return {
+            "local": str(self.local_inner), "port": self.local_port, "tun": self.tun_name,
+            "mtu": self.mtu, "ike_in": self.ike_in, "ike_out": self.ike_out,
+            "keepalives_in": self.keepalives_in,
+            "unattributed": self.counters_global.to_json(), "peers": peers,
+        }
+
+    # ------------------------------------------------------------------ worker
+    def _emit(self, event: DatapathEvent) -> None:
+        if self.on_event is not None:
+            try:
+                self.on_event(event)
+            except Exception:  # noqa: S110 - a broken callback must not stop the datapath
+                pass
+
+    def _run(self) -> None:
+        assert self.tun is not None and self.sock is not None
+        ep = select.epoll()
+        tun_fd, sock_fd = self.tun.fd, self.sock.fileno()
+        ep.register(tun_fd, select.EPOLLIN)
+        ep.register(sock_fd, select.EPOLLIN)
+        ep.register(self._wake_r, select.EPOLLIN)
+        next_tick = 0.0
+        try:
+            while self._running:
+                for fd, _ in ep.poll(0.25):
+                    if fd == tun_fd:
+                        self._drain_tun()
+                    elif fd == sock_fd:
+                        self._drain_sock()
+                now = self.clock()
+                if now >= next_tick:
+                    self._tick(now)
+                    next_tick = now + 0.25
+        finally:
+            ep.close()
+
+    def _drain_tun(self) -> None:
+        """TUN → seal → UDP, up to ``batch`` packets."""
+        assert self.tun is not None and self.sock is not None
+        tun_fd = self.tun.fd
+        sendto = self.sock.sendto
+        pbuf = self._pbuf
+        pview = self._pview
+        oview = self._oview
+        peers = self._peers
+        glob = self.counters_global
+        for _ in range(self.batch):
+            try:
+                n = os.readv(tun_fd, (pbuf,))
+            except BlockingIOError:
+                return
+            except OSError:
+                return
+            version = pbuf[0] >> 4
+            if version == 6 and n >= 40:
+                peer = peers.get(bytes(pview[24:40]))
+                nh = NH_IPV6
+            elif version == 4 and n >= 20:
+                glob.drop(DropReason.NO_ROUTE)  # IPv4 inner is not routed by BTMM
+                continue
+            else:
+                glob.drop(DropReason.BAD_INNER)
+                continue
+            if peer is None:
+                glob.drop(DropReason.NO_ROUTE)
+                continue
+            sa = peer.outbound
+            if sa is None:
+                peer.counters.drop(DropReason.NO_SA)
+                continue
+            try:
+                length = sa.seal_into(oview, pbuf, n, nh)
+            except EspError as exc:
+                peer.counters.drop(exc.reason)
+                if exc.reason is DropReason.SEQ_EXHAUSTED and sa.spi not in peer.signalled:
+                    peer.signalled.add(sa.spi)
+                    self._emit(DatapathEvent("seq_exhausted", str(peer.inner), sa.spi))
+                continue
+            try:
+                sendto(oview[:length], peer.outer)
+            except BlockingIOError:
+                if not self._wait_writable():
+                    peer.counters.drop(DropReason.SEND_FAILED)
+                    continue
+                try:
+                    sendto(oview[:length], peer.outer)
+                except OSError:
+                    peer.counters.drop(DropReason.SEND_FAILED)
+                    continue
+            except OSError:
+                peer.counters.drop(DropReason.SEND_FAILED)
+                continue
+            c = peer.counters
+            c.packets_out += 1
+            c.bytes_out += n
+            if peer.keepalive is not None:
+                peer.keepalive.last_sent = self.clock()
+
+    def _wait_writable(self) -> bool:
+        assert self.sock is not None
+        _, writable, _ = select.select([], [self.sock], [], 0.05)
+        return bool(writable)
+
+    def _drain_sock(self) -> None:
+        """UDP → classify → open → TUN, up to ``batch`` datagrams."""
+        assert self.tun is not None and self.sock is not None
+        tun_fd = self.tun.fd
+        recvfrom_into = self.sock.recvfrom_into
+        rbuf = self._rbuf
+        rview = self._rview
+        dview = self._dview
+        glob = self.counters_global
+        for _ in range(self.batch):
+            try:
+                n, addr = recvfrom_into(rbuf)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                return
+            if n < 8:
+                if n == 1 and rbuf[0] == 0xFF:
+                    self.keepalives_in += 1
+                elif n > 4 and rbuf[0:4] == NON_ESP_MARKER:
+                    self._deliver_ike(bytes(rview[4:n]), addr)
+                else:
+                    glob.drop(DropReason.TRUNCATED)
+                continue
+            spi = _U32.unpack_from(rbuf, 0)[0]
+            if spi == 0:
+                self._deliver_ike(bytes(rview[4:n]), addr)
+                continue
+            entry = self._inbound.get(spi)
+            if entry is None:
+                glob.drop(DropReason.UNKNOWN_SPI)
+                continue
+            sa, peer = entry
+            try:
+                _, nh, plen = sa.open_into(rview[:n], dview)
+            except EspError as exc:
+                peer.counters.drop(exc.reason)
+                continue
+            if nh == NH_IPV6:
+                if plen < 40 or self._dbuf[8:24] != peer.inner_key:
+                    peer.counters.drop(DropReason.BAD_INNER)
+                    continue
+            elif nh == NH_IPV4:
+                peer.counters.drop(DropReason.BAD_INNER)  # no IPv4 inner addresses in BTMM
+                continue
+            try:
+                os.write(tun_fd, dview[:plen])
+            except OSError as exc:
+                if exc.errno not in (errno.EAGAIN, errno.ENOBUFS, errno.EINVAL):
+                    raise
+                peer.counters.drop(DropReason.SEND_FAILED)
+                continue
+            c = peer.counters
+            c.packets_in += 1
+            c.bytes_in += plen
+            if addr != peer.outer:
+                old = peer.outer
+                peer.outer = addr
+                self._emit(DatapathEvent("nat_rebind", str(peer.inner), spi, old, addr))
+
+    def _deliver_ike(self, data: bytes, addr: Addr) -> None:
+        self.ike_in += 1
+        if self.on_ike is not None:
+            try:
+                self.on_ike(data, addr)
+            except Exception:  # noqa: S110 - a broken callback must not stop the datapath
+                pass
+
+    def _tick(self, now: float) -> None:
+        """Timers: expired inbound SAs, keepalives, rekey signals."""
+        if self._expiring:
+            with self._lock:
+                due = [spi for deadline, spi in self._expiring if deadline <= now]
+                self._expiring = [(d, s) for d, s in self._expiring if d > now]
+            for spi in due:
+                entry = self._inbound.get(spi)
+                self.remove_sa(spi)
+                if entry is not None:
+                    self._emit(DatapathEvent("sa_expired", str(entry[1].inner), spi))
+        assert self.sock is not None
+        for peer in list(self._peers.values()):
+            timer = peer.keepalive
+            if timer is not None and timer.due(now):
+                with contextlib.suppress(OSError):
+                    self.sock.sendto(KEEPALIVE, peer.outer)
+                    peer.counters.keepalives_sent += 1
+                timer.note_sent(now)
+            sa = peer.outbound
+            if sa is not None and sa.rekey_needed and sa.spi not in peer.signalled:
+                peer.signalled.add(sa.spi)
+                self._emit(DatapathEvent("rekey_needed", str(peer.inner), sa.spi))

@@ -1,0 +1,216 @@
+"""ESP security associations: RFC 4303 tunnel mode with AEAD transforms only.
+
+How this works
+--------------
+Wire format of one ESP packet (RFC 4303 §2, RFC 4106 §3, RFC 7634 §3)::
+
+    SPI (4) | Sequence Number (4) | IV (8) | ciphertext of
+        { inner IP packet | Padding 1,2,3.. (0-255) | Pad Length (1) | Next Header (1) }
+    | ICV (16)
+
+* AEAD nonce = salt (last 4 bytes of the key material) ‖ IV; the IV is the 64-bit
+  sequence counter, unique per SA as RFC 4106 §3.1 and RFC 7634 §2 require.
+* AAD = SPI ‖ 32-bit sequence number (RFC 4106 §5, RFC 7634 §2.1; no ESN).
+* Padding aligns the ciphertext to 4 bytes with the default bytes 1, 2, 3 (RFC 4303 §2.4).
+* Next header 41 = IPv6, 4 = IPv4; 59 marks a dummy packet (discarded).
+
+An :class:`OutboundSA` numbers packets from 1 and never wraps: past ``soft_limit`` it
+reports :attr:`OutboundSA.rekey_needed`; at ``hard_limit`` sealing raises
+:class:`SequenceExhaustedError`. An :class:`InboundSA` processes in strongSwan's strict
+order: (SPI lookup, done by the caller's table) → replay pre-check → decrypt+verify →
+window update → padding check. Both sides have an allocation-light ``*_into`` form the
+datapath uses with preallocated buffers, and a plain bytes-in/bytes-out form.
+
+Sans-I/O: no sockets, clocks or randomness here.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
+
+from esp_udp.errors import (
+    AuthenticationError,
+    ConfigError,
+    DecodeError,
+    DropReason,
+    SequenceExhaustedError,
+    UnknownSpiError,
+)
+from esp_udp.replay import DEFAULT_WINDOW, ReplayWindow
+from esp_udp.sa import SALT_LEN, Suite
+
+ESP_HEADER = struct.Struct("!II")
+HEADER_LEN = 8
+IV_LEN = 8
+ICV_LEN = 16
+TRAILER_MIN = 2  # pad length + next header
+MIN_PACKET = HEADER_LEN + IV_LEN + TRAILER_MIN + ICV_LEN
+OVERHEAD_MAX = HEADER_LEN + IV_LEN + 3 + TRAILER_MIN + ICV_LEN  # with 4-byte alignment
+
+NH_IPV4 = 4
+NH_IPV6 = 41
+NH_NONE = 59
+
+HARD_SEQ_LIMIT = 0xFFFFFFFF
+SOFT_SEQ_LIMIT = HARD_SEQ_LIMIT - (1 << 24)
+
+_PAD = bytes(range(1, 256))
+_ALIGN = 4
+
+Aead = AESGCM | ChaCha20Poly1305
+
+
+def make_aead(suite: Suite, keymat: bytes) -> tuple[Aead, bytes]:
+    """The AEAD object and the 4-byte salt from key material ``key ‖ salt``."""
+    if len(keymat) != suite.keymat_len:
+        raise ConfigError(f"{suite.value} needs {suite.keymat_len} bytes of key material, "
+                          f"got {len(keymat)}")
+    key, salt = keymat[:-SALT_LEN], keymat[-SALT_LEN:]
+    aead: Aead = ChaCha20Poly1305(key) if suite is Suite.CHACHA20POLY1305 else AESGCM(key)
+    return aead, salt
+
+
+def peek_header(packet: bytes | bytearray | memoryview) -> tuple[int, int]:
+    """(SPI, sequence number) of an ESP packet, DecodeError if it cannot be one."""
+    if len(packet) < MIN_PACKET:
+        raise DecodeError(f"ESP packet of {len(packet)} bytes is shorter than {MIN_PACKET}",
+                          DropReason.TRUNCATED)
+    spi, seq = ESP_HEADER.unpack_from(packet, 0)
+    return int(spi), int(seq)
+
+
+def padding_for(length: int) -> int:
+    """Pad bytes so that payload + pad + 2 is a multiple of 4."""
+    return -(length + TRAILER_MIN) % _ALIGN
+
+
+def sealed_len(payload_len: int) -> int:
+    """Length of the ESP packet carrying ``payload_len`` bytes."""
+    return HEADER_LEN + IV_LEN + payload_len + padding_for(payload_len) + TRAILER_MIN + ICV_LEN
+
+
+class OutboundSA:
+    """The sending half of an SA: numbers, pads and seals inner packets."""
+
+    __slots__ = ("_aead", "_salt", "hard_limit", "seq", "soft_limit", "spi", "suite")
+
+    def __init__(self, spi: int, suite: Suite, keymat: bytes, *, soft_limit: int = SOFT_SEQ_LIMIT,
+                 hard_limit: int = HARD_SEQ_LIMIT) -> None:
+        if not 0 < soft_limit <= hard_limit <= HARD_SEQ_LIMIT:
+            raise ConfigError("need 0 < soft_limit <= hard_limit <= 2^32-1")
+        self.spi = spi
+        self.suite = suite
+        self._aead, self._salt = make_aead(suite, keymat)
+        self.seq = 0  # the last sequence number used
+        self.soft_limit = soft_limit
+        self.hard_limit = hard_limit
+
+    @property
+    def rekey_needed(self) -> bool:
+        """True once the sequence number passed the soft limit: negotiate a new SA now."""
+        return self.seq >= self.soft_limit
+
+    def _next_seq(self) -> int:
+        if self.seq >= self.hard_limit:
+            raise SequenceExhaustedError(f"SPI {self.spi:08x} used all {self.hard_limit} sequence "
+                                         "numbers; the SA must be rekeyed")
+        self.seq += 1
+        return self.seq
+
+    def seal(self, payload: bytes | bytearray | memoryview, next_header: int = NH_IPV6) -> bytes:
+        """One ESP packet carrying ``payload`` (a whole inner IP packet)."""
+        seq = self._next_seq()
+        pad = padding_for(len(payload))
+        header = ESP_HEADER.pack(self.spi, seq)
+        iv = seq.to_bytes(IV_LEN, "big")
+        plaintext = bytes(payload) + _PAD[:pad] + bytes((pad, next_header))
+        return header + iv + self._aead.encrypt(self._salt + iv, plaintext, header)
+
+    def seal_into(self, out: memoryview, buf: bytearray, length: int,
+                  next_header: int = NH_IPV6) -> int:
+        """Seal ``buf[:length]`` into ``out``; returns the packet length.
+
+        ``buf`` must have 5 spare bytes after ``length`` (the trailer is written there) and
+        ``out`` room for :func:`sealed_len`. No allocation beyond the nonce.
+        """
+        pad = padding_for(length)
+        end = length + pad + TRAILER_MIN
+        if len(buf) < end or len(out) < end + HEADER_LEN + IV_LEN + ICV_LEN:
+            raise DecodeError(f"inner packet of {length} bytes does not fit the buffers",
+                              DropReason.TOO_BIG)
+        seq = self._next_seq()
+        if pad:
+            buf[length:length + pad] = _PAD[:pad]
+        buf[end - 2] = pad
+        buf[end - 1] = next_header
+        ESP_HEADER.pack_into(out, 0, self.spi, seq)
+        iv = seq.to_bytes(IV_LEN, "big")
+        out[HEADER_LEN:HEADER_LEN + IV_LEN] = iv
+        total = HEADER_LEN + IV_LEN + end + ICV_LEN
+        self._aead.encrypt_into(self._salt + iv, memoryview(buf)[:end], out[:HEADER_LEN],
+                                out[HEADER_LEN + IV_LEN:total])
+        return total
+
+
+@dataclass(frozen=True)
+class Opened:
+    """A verified inner packet."""
+
+    seq: int
+    next_header: int
+    payload: bytes
+
+
+class InboundSA:
+    """The receiving half of an SA: replay window, verification, trailer checks."""
+
+    __slots__ = ("_aead", "_salt", "replay", "spi", "suite")
+
+    def __init__(self, spi: int, suite: Suite, keymat: bytes, *, window: int = DEFAULT_WINDOW) -> None:
+        self.spi = spi
+        self.suite = suite
+        self._aead, self._salt = make_aead(suite, keymat)
+        self.replay = ReplayWindow(window)
+
+    def open(self, packet: bytes | bytearray | memoryview) -> Opened:
+        """Verify and strip one ESP packet (raises only EspError subclasses)."""
+        view = memoryview(packet)
+        out = bytearray(max(len(view) - HEADER_LEN - IV_LEN - ICV_LEN, 0))
+        seq, next_header, length = self.open_into(view, memoryview(out))
+        return Opened(seq, next_header, bytes(out[:length]))
+
+    def open_into(self, packet: memoryview, out: memoryview) -> tuple[int, int, int]:
+        """Verify ``packet`` and decrypt it into ``out``: (seq, next header, inner length)."""
+        n = len(packet)
+        if n < MIN_PACKET:
+            raise DecodeError(f"ESP packet of {n} bytes is shorter than {MIN_PACKET}",
+                              DropReason.TRUNCATED)
+        spi, seq = ESP_HEADER.unpack_from(packet, 0)
+        if spi != self.spi:
+            raise UnknownSpiError(f"packet SPI {spi:08x} is not this SA's {self.spi:08x}")
+        self.replay.check(seq)
+        ptlen = n - HEADER_LEN - IV_LEN - ICV_LEN
+        if len(out) < ptlen:
+            raise DecodeError(f"ESP packet of {n} bytes does not fit the buffer", DropReason.TOO_BIG)
+        try:
+            self._aead.decrypt_into(self._salt + packet[HEADER_LEN:HEADER_LEN + IV_LEN],
+                                    packet[HEADER_LEN + IV_LEN:], packet[:HEADER_LEN], out[:ptlen])
+        except InvalidTag:
+            raise AuthenticationError(f"ICV check failed for SPI {spi:08x} seq {seq}") from None
+        self.replay.update(seq)
+        pad = out[ptlen - 2]
+        next_header = out[ptlen - 1]
+        length = ptlen - TRAILER_MIN - pad
+        if length < 0 or out[length:ptlen - TRAILER_MIN] != _PAD[:pad]:
+            raise DecodeError(f"bad padding (pad length {pad}) in SPI {spi:08x} seq {seq}",
+                              DropReason.BAD_PADDING)
+        if next_header != NH_IPV6 and next_header != NH_IPV4:
+            if next_header == NH_NONE:
+                raise DecodeError("dummy packet (next header 59)", DropReason.DUMMY)
+            raise DecodeError(f"next header {next_header} is not IPv6 or IPv4",
+                              DropReason.BAD_NEXT_HEADER)
+        return int(seq), int(next_header), length
