@@ -1,0 +1,449 @@
+"""The asyncio driver: DNS over UDP (TCP fallback on TC), TCP and DNS-over-TLS.
+
+How this works
+--------------
+:class:`DnsClient` owns the sockets for one server. It sends wire messages and returns
+reply bytes, matching replies to requests by message ID so many queries run in parallel
+on one UDP socket or one TCP/TLS connection (RFC 7766 pipelining). dnspython builds and
+parses every message; this module only moves bytes, retransmits over UDP, retries a
+truncated UDP reply over TCP, and turns socket/TLS failures into
+:class:`~dnssd_wa.errors.TransportFailed`. (dnspython's ``dns.asyncquery`` opens a
+socket per query and validates TSIG before we can read the TSIG error; a domain of 1,000
+services is 2,000+ queries, so the multiplexed transport is ours.)
+
+On top: :func:`send_update` (sign at ``now``, send, explain refusals — after a SERVFAIL it
+counts the shared RRsets to say whether BIND's 100-records limit was hit),
+:func:`run_plan` (executes a browse/resolve plan, each round in parallel),
+:func:`browse`, :func:`resolve_tunnel_endpoint` (reused by btmm-resolve-tunnel) and
+:func:`discover_update_server` (SRV ``_dns-update-tls._tcp.<domain>``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import secrets
+import ssl
+import struct
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import dns.exception
+import dns.flags
+import dns.message
+import dns.name
+import dns.rcode
+import dns.rdatatype
+import dns.resolver
+import dns.update
+
+from dnssd_wa import errors, names, update
+from dnssd_wa.browse import (
+    BrowsePlan,
+    Plan,
+    Problem,
+    PtrListPlan,
+    Question,
+    Service,
+    TunnelEndpoint,
+    TunnelPlan,
+)
+from dnssd_wa.errors import Failure, TransportFailed, UpdateFailed
+from dnssd_wa.records import RRSet
+
+Explain = Callable[[str], None]
+
+
+class Transport(enum.Enum):
+    UDP = "udp"
+    TCP = "tcp"
+    TLS = "tls"
+
+
+DNS_PORT = 53
+DOT_PORT = 853
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """How to reach one DNS server."""
+
+    host: str
+    port: int
+    transport: Transport = Transport.UDP
+    ca_file: str | None = None
+    tls_hostname: str | None = None  # default: host
+    timeout: float = 2.0
+    attempts: int = 3
+
+    @property
+    def label(self) -> str:
+        return f"{self.host}:{self.port} ({self.transport.value})"
+
+
+def parse_hostport(text: str, default_port: int) -> tuple[str, int]:
+    """``host``, ``host:port``, ``[v6]:port`` → (host, port); raises BadName."""
+    t = text.strip()
+    if t.startswith("["):
+        host, _, rest = t[1:].partition("]")
+        port_text = rest[1:] if rest.startswith(":") else ""
+    elif t.count(":") == 1:
+        host, _, port_text = t.partition(":")
+    else:
+        host, port_text = t, ""
+    if not host:
+        raise errors.BadName(f"server {text!r} has no host; give HOST or HOST:PORT")
+    if port_text:
+        if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+            raise errors.BadName(f"server {text!r}: port must be 1-65535")
+        return host, int(port_text)
+    return host, default_port
+
+
+class _UdpProtocol(asyncio.DatagramProtocol):
+    def __init__(self, client: DnsClient) -> None:
+        self.client = client
+
+    def datagram_received(self, data: bytes, addr: tuple[str | int, ...]) -> None:
+        self.client._deliver(data)
+
+    def error_received(self, exc: Exception) -> None:
+        self.client._fail_all(exc)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if exc is not None:
+            self.client._fail_all(exc)
+
+
+class DnsClient:
+    """Parallel DNS exchanges with one server (see module docstring)."""
+
+    def __init__(self, config: ServerConfig, explain: Explain | None = None,
+                 max_in_flight: int = 200) -> None:
+        self.config = config
+        self.explain = explain
+        self._pending: dict[int, asyncio.Future[bytes]] = {}
+        self._udp: asyncio.DatagramTransport | None = None
+        self._reader: asyncio.StreamReader | None = None
+        self._writer: asyncio.StreamWriter | None = None
+        self._read_task: asyncio.Task[None] | None = None
+        self._conn_lock = asyncio.Lock()
+        self._window = asyncio.Semaphore(max_in_flight)
+        self.queries = 0
+
+    # ------------------------------------------------------------------ plumbing
+    def new_id(self) -> int:
+        while True:
+            msg_id = secrets.randbelow(65536)
+            if msg_id not in self._pending:
+                return msg_id
+
+    def _deliver(self, data: bytes) -> None:
+        if len(data) < 12:
+            return
+        (msg_id,) = struct.unpack("!H", data[:2])
+        fut = self._pending.get(msg_id)
+        if fut is not None and not fut.done():
+            fut.set_result(data)
+
+    def _fail_all(self, exc: BaseException) -> None:
+        for fut in self._pending.values():
+            if not fut.done():
+                fut.set_exception(exc)
+
+    async def _open_udp(self) -> asyncio.DatagramTransport:
+        if self._udp is None or self._udp.is_closing():
+            loop = asyncio.get_running_loop()
+            try:
+                transport, _ = await loop.create_datagram_endpoint(
+                    lambda: _UdpProtocol(self), remote_addr=(self.config.host, self.config.port))
+            except OSError as exc:
+                raise errors.unreachable(self.config.label, exc.strerror or str(exc)) from None
+            self._udp = transport
+        return self._udp
+
+    def _ssl_context(self) -> ssl.SSLContext:
+        ctx = ssl.create_default_context(cafile=self.config.ca_file)
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        return ctx
+
+    async def _open_stream(self, transport: Transport) -> None:
+        if self._writer is not None and not self._writer.is_closing():
+            return
+        host, port = self.config.host, self.config.port
+        kwargs: dict[str, object] = {}
+        if transport is Transport.TLS:
+            kwargs["ssl"] = self._ssl_context()
+            kwargs["server_hostname"] = self.config.tls_hostname or host
+        try:
+            reader, writer = await asyncio.wait_for(
+                asyncio.open_connection(host, port, **kwargs),  # type: ignore[arg-type]
+                self.config.timeout)
+        except ssl.SSLCertVerificationError as exc:
+            raise errors.tls_mismatch(self.config.label, self.config.tls_hostname or host,
+                                      exc.verify_message or str(exc)) from None
+        except ssl.SSLError as exc:
+            raise TransportFailed(Failure.TLS_MISMATCH, (
+                f"TLS handshake with {self.config.label} failed ({exc.reason or exc}); is it a "
+                "DNS-over-TLS port? (Knot 3.2 has no DoT; use --tcp)")) from None
+        except TimeoutError:
+            raise errors.timed_out(self.config.label, self.config.timeout) from None
+        except OSError as exc:
+            raise errors.unreachable(self.config.label, exc.strerror or str(exc)) from None
+        self._reader, self._writer = reader, writer
+        self._read_task = asyncio.create_task(self._read_loop(reader))
+
+    async def _read_loop(self, reader: asyncio.StreamReader) -> None:
+        try:
+            while True:
+                head = await reader.readexactly(2)
+                data = await reader.readexactly(struct.unpack("!H", head)[0])
+                self._deliver(data)
+        except (asyncio.IncompleteReadError, OSError, ssl.SSLError) as exc:
+            self._fail_all(ConnectionResetError(f"connection closed by the server ({exc})"))
+            if self._writer is not None:
+                self._writer.close()
+            self._writer = None
+
+    async def close(self) -> None:
+        if self._udp is not None:
+            self._udp.close()
+            self._udp = None
+        if self._writer is not None:
+            self._writer.close()
+            with contextlib.suppress(Exception):
+                await self._writer.wait_closed()
+            self._writer = None
+        if self._read_task is not None:
+            self._read_task.cancel()
+            with contextlib.suppress(BaseException):
+                await self._read_task
+            self._read_task = None
+
+    async def __aenter__(self) -> DnsClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # ------------------------------------------------------------------ exchanges
+    async def exchange(self, wire: bytes, msg_id: int, *, transport: Transport | None = None) -> bytes:
+        """Send ``wire`` (whose ID is ``msg_id``) and return the reply's bytes."""
+        mode = transport or self.config.transport
+        async with self._window:
+            self.queries += 1
+            if mode is Transport.UDP:
+                reply = await self._exchange_udp(wire, msg_id)
+                if len(reply) >= 4 and reply[2] & 0x02:  # TC: retry over TCP (RFC 7766)
+                    if self.explain:
+                        self.explain("  reply truncated (TC): retrying over TCP")
+                    return await self._exchange_stream(wire, msg_id, Transport.TCP)
+                return reply
+            return await self._exchange_stream(wire, msg_id, mode)
+
+    async def _exchange_udp(self, wire: bytes, msg_id: int) -> bytes:
+        udp = await self._open_udp()
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[bytes] = loop.create_future()
+        self._pending[msg_id] = fut
+        try:
+            for _ in range(self.config.attempts):
+                udp.sendto(wire)
+                done, _ = await asyncio.wait([fut], timeout=self.config.timeout / self.config.attempts)
+                if done:
+                    try:
+                        return fut.result()
+                    except OSError as exc:
+                        raise errors.unreachable(self.config.label, exc.strerror or str(exc)) from None
+            raise errors.timed_out(self.config.label, self.config.timeout)
+        finally:
+            self._pending.pop(msg_id, None)
+
+    async def _exchange_stream(self, wire: bytes, msg_id: int, mode: Transport) -> bytes:
+        if self.config.transport is Transport.UDP and mode is Transport.TCP:
+            # fallback connection: a separate short-lived client on the same address
+            sub = DnsClient(ServerConfig(self.config.host, self.config.port, Transport.TCP,
+                                         timeout=self.config.timeout))
+            try:
+                return await sub._exchange_stream(wire, msg_id, Transport.TCP)
+            finally:
+                await sub.close()
+        async with self._conn_lock:
+            await self._open_stream(mode)
+        writer = self._writer
+        if writer is None:
+            raise errors.unreachable(self.config.label, "connection closed")
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[bytes] = loop.create_future()
+        self._pending[msg_id] = fut
+        try:
+            writer.write(struct.pack("!H", len(wire)) + wire)
+            try:
+                return await asyncio.wait_for(fut, self.config.timeout)
+            except TimeoutError:
+                raise errors.timed_out(self.config.label, self.config.timeout) from None
+            except (ConnectionError, OSError) as exc:
+                raise errors.unreachable(self.config.label, str(exc)) from None
+        finally:
+            self._pending.pop(msg_id, None)
+
+    async def query(self, name: dns.name.Name, rdtype: dns.rdatatype.RdataType) -> dns.message.Message:
+        """One query (EDNS 1232, RD clear), parsed by dnspython."""
+        msg = dns.message.make_query(name, rdtype, use_edns=0, payload=1232)
+        msg.flags &= ~dns.flags.RD
+        msg.id = self.new_id()
+        t0 = time.monotonic()
+        if self.explain:
+            self.explain(f"→ {names.name_text(name)}. {rdtype.name} via {self.config.label}")
+        wire = await self.exchange(msg.to_wire(), msg.id)
+        try:
+            reply = dns.message.from_wire(wire)
+        except dns.exception.DNSException as exc:
+            raise errors.DecodeError(f"malformed reply from {self.config.label}: {exc}") from None
+        if self.explain:
+            ms = (time.monotonic() - t0) * 1000
+            body = "; ".join(r.to_text() for r in reply.answer)[:300] or "(no answer records)"
+            self.explain(f"← {names.name_text(name)}. {rdtype.name}: "
+                         f"{dns.rcode.to_text(reply.rcode())} in {ms:.1f} ms: {body}")
+        return reply
+
+
+# ---------------------------------------------------------------------- updates
+
+
+async def send_update(client: DnsClient, msg: dns.update.UpdateMessage, key: update.TsigKey | None,
+                      *, zone: str, now: float | None = None,
+                      rrsets: tuple[RRSet, ...] = ()) -> update.Reply:
+    """Sign at ``now`` (default: the clock), send, and raise UpdateFailed on a refusal."""
+    signing_time = int(time.time() if now is None else now)
+    msg.id = client.new_id()
+    signed = update.sign(msg, key, signing_time)
+    t0 = time.monotonic()
+    if client.explain:
+        client.explain(f"→ UPDATE zone {zone}: {sum(len(s) for s in msg.update)} RRsets, "
+                       f"{len(signed.wire)} bytes via {client.config.label}")
+    wire = await client.exchange(signed.wire, signed.msg_id)
+    reply = update.parse_reply(wire, signed)
+    if client.explain:
+        client.explain(f"← UPDATE {dns.rcode.to_text(dns.rcode.Rcode.make(reply.rcode))} "
+                       f"(TSIG {'verified' if reply.verified else 'not verified'}) in "
+                       f"{(time.monotonic() - t0) * 1000:.1f} ms")
+    key_name = key.name if key else "(unsigned)"
+    if reply.rcode != dns.rcode.NOERROR or reply.tsig_error:
+        largest = None
+        if reply.rcode == dns.rcode.SERVFAIL and rrsets:
+            largest = await _largest_after(client, rrsets)
+        raise errors.explain_update(reply.rcode, reply.tsig_error, zone=zone,
+                                    server=client.config.label, key_name=key_name,
+                                    client_time=signing_time, server_time=reply.server_time,
+                                    largest_rrset=largest)
+    if key is not None and not reply.verified:
+        raise UpdateFailed(Failure.UNSIGNED_REPLY, (
+            f"{client.config.label} acknowledged the update but its reply is not signed with key "
+            f"{key_name}; the answer cannot be trusted (is something in between?)"), reply.rcode)
+    return reply
+
+
+async def _largest_after(client: DnsClient, rrsets: tuple[RRSet, ...]) -> tuple[str, int] | None:
+    """After a SERVFAIL: how big each shared RRset would have become."""
+    best: tuple[str, int] | None = None
+    for owner, adding in update.largest_shared_rrset(rrsets):
+        try:
+            reply = await client.query(owner, dns.rdatatype.PTR)
+        except errors.DnssdError:
+            continue
+        existing = 0
+        for rrset in reply.answer:
+            if rrset.name == owner and rrset.rdtype == dns.rdatatype.PTR:
+                existing = len(rrset)
+        total = existing + adding
+        if best is None or total > best[1]:
+            best = (f"{names.name_text(owner)}. PTR", total)
+    return best
+
+
+# ---------------------------------------------------------------------- plans
+
+
+async def run_plan(client: DnsClient, plan: Plan) -> None:
+    """Ask each round of the plan's questions in parallel until it has none left."""
+    while True:
+        questions = plan.questions()
+        if not questions:
+            return
+        results = await asyncio.gather(*(client.query(q.name, q.rdtype) for q in questions),
+                                       return_exceptions=True)
+        for q, res in zip(questions, results, strict=True):
+            if isinstance(res, dns.message.Message):
+                plan.answer(q, res)
+            elif isinstance(res, errors.DnssdError):
+                plan.answer(q, None, res.message)
+            elif isinstance(res, BaseException):
+                raise res
+
+
+async def browse(client: DnsClient, domain: dns.name.Name,
+                 service_types: list[str]) -> tuple[list[Service], list[Problem]]:
+    plan = BrowsePlan(domain, service_types)
+    await run_plan(client, plan)
+    return plan.services(), plan.problems
+
+
+async def resolve_tunnel_endpoint(client: DnsClient,
+                                  host: dns.name.Name) -> tuple[TunnelEndpoint, list[Problem]]:
+    """The tunnel endpoint of ``host`` (AAAA, SRV _autotunnel._udp, A): reusable building block."""
+    plan = TunnelPlan(host)
+    await run_plan(client, plan)
+    return plan.endpoint(), plan.problems
+
+
+async def ptr_lists(client: DnsClient,
+                    owners: list[dns.name.Name]) -> tuple[dict[dns.name.Name, list[dns.name.Name]],
+                                                          list[Problem]]:
+    plan = PtrListPlan(owners)
+    await run_plan(client, plan)
+    return plan.targets, plan.problems
+
+
+async def discover_update_server(domain: dns.name.Name,
+                                 resolver: tuple[str, int] | None = None,
+                                 explain: Explain | None = None) -> tuple[str, int]:
+    """The update server from SRV ``_dns-update-tls._tcp.<domain>`` (RFC 8490 style service).
+
+    ``resolver`` is the DNS server to ask (host, port); default: the system resolver.
+    """
+    qname = names.child([b"_dns-update-tls", b"_tcp"], domain)
+    if resolver is None:
+        try:
+            ns = dns.resolver.Resolver().nameservers
+        except dns.exception.DNSException as exc:
+            raise errors.unreachable("system resolver", str(exc)) from None
+        if not ns:
+            raise errors.unreachable("system resolver", "no nameserver in /etc/resolv.conf")
+        resolver = (str(ns[0]), DNS_PORT)
+    async with DnsClient(ServerConfig(resolver[0], resolver[1]), explain=explain) as client:
+        reply = await client.query(qname, dns.rdatatype.SRV)
+    for rrset in reply.answer:
+        if rrset.rdtype == dns.rdatatype.SRV and rrset.name == qname:
+            rd = min(rrset, key=lambda r: (r.priority, -r.weight))
+            return names.name_text(rd.target), int(rd.port)
+    raise errors.unreachable(f"{names.name_text(qname)} SRV",
+                             f"no update server advertised for {names.name_text(domain)}; "
+                             "pass --server HOST[:PORT]")
+
+
+__all__ = [
+    "DnsClient",
+    "Question",
+    "ServerConfig",
+    "Transport",
+    "browse",
+    "discover_update_server",
+    "parse_hostport",
+    "ptr_lists",
+    "resolve_tunnel_endpoint",
+    "run_plan",
+    "send_update",
+]
