@@ -1,0 +1,543 @@
+"""The server core: one DNS message in, one response out (queries and RFC 2136 UPDATEs).
+
+How this works
+--------------
+:meth:`ServerCore.handle` takes the bytes of one message, the transport it came on and
+the wall-clock ``now``, and returns the response bytes (or None to drop). Everything is
+parsed and rendered by dnspython. Anything that does not parse gets FORMERR when a header
+is readable and it is a request; responses and runts are dropped.
+
+UPDATE (RFC 2136 §3) runs in the order BIND uses, so clients see the same rcodes:
+
+1. TSIG (RFC 8945): unknown key or algorithm → NOTAUTH + BADKEY, bad MAC → NOTAUTH +
+   BADSIG (both unsigned), clock skew → NOTAUTH + BADTIME signed, with the server time in
+   Other Data. A MAC seen before within the fudge window (a replay) → REFUSED.
+2. Zone section: a zone not served here → NOTAUTH. Unsigned → REFUSED. Over the key's
+   rate limit → REFUSED.
+3. Prerequisites (§3.2) → NOTZONE / NXDOMAIN / YXDOMAIN / NXRRSET / YXRRSET.
+4. Prescan (§3.4.1) → NOTZONE / FORMERR, then policy: a key may change only its own zone,
+   only PTR SRV TXT A AAAA, never the apex or the server's own names → REFUSED.
+5. The changes are computed on a copy, committed to SQLite in one transaction (durable
+   before we answer), then applied in memory; subscribers get PUSH messages.
+
+Update Lease (RFC 9664, EDNS option 2): the 4-byte LEASE or 8-byte LEASE + KEY-LEASE form
+is clamped to ``[lease_min, lease_max]``, applied to every record the UPDATE adds or
+refreshes, and echoed in the same form. Records added without the option are permanent.
+
+The UDP answer cache maps the bytes of a query after its ID to the bytes of the answer
+after its ID; it is rebuilt from scratch after every change (see ``net.py``).
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import dns.edns
+import dns.exception
+import dns.flags
+import dns.message
+import dns.name
+import dns.opcode
+import dns.rcode
+import dns.rdata
+import dns.rdataclass
+import dns.rdatatype
+import dns.rrset
+import dns.tsig
+import dns.update
+import dns.wire
+
+from dnssd_wa import push
+from dnssd_wa.server.keys import KeyEntry, RateLimiter
+from dnssd_wa.server.store import Change, Store
+from dnssd_wa.server.zone import Rec, Zone, answer, find_zone
+
+LEASE_OPTION = 2
+LEASE_OTYPE = dns.edns.OptionType.make(LEASE_OPTION)
+ALLOWED_TYPES = frozenset({dns.rdatatype.PTR, dns.rdatatype.SRV, dns.rdatatype.TXT,
+                           dns.rdatatype.A, dns.rdatatype.AAAA})
+META_TYPES = frozenset({dns.rdatatype.ANY, dns.rdatatype.AXFR, dns.rdatatype.IXFR, dns.rdatatype.MAILA,
+                        dns.rdatatype.MAILB, dns.rdatatype.OPT, dns.rdatatype.TSIG, dns.rdatatype.TKEY})
+UDP_CACHE_MAX = 20000
+
+PushCallback = Callable[[list[push.PushRecord]], None]
+LogCallback = Callable[[dict[str, Any]], None]
+
+
+@dataclass
+class Config:
+    lease_min: int = 60
+    lease_max: int = 7 * 86400
+    rate: float = 50.0
+    burst: float = 200.0
+    ns_addresses: list[str] = field(default_factory=lambda: ["127.0.0.1"])
+    tls_port: int | None = None
+
+
+class UpdateFailed(Exception):
+    def __init__(self, rcode: int, why: str) -> None:
+        super().__init__(why)
+        self.rcode = rcode
+        self.why = why
+
+
+@dataclass
+class _Work:
+    """Working copy of one RRset during an UPDATE."""
+
+    name: dns.name.Name
+    rdtype: int
+    recs: dict[bytes, Rec]  # canonical rdata -> record (rid 0 while new)
+    original: dict[int, tuple[int, float | None]]  # rid -> (ttl, expires) before
+
+
+def _canon(rdata: dns.rdata.Rdata) -> bytes:
+    return rdata.to_digestable()
+
+
+def _next_serial(serial: int) -> int:
+    return serial % 0xFFFFFFFF + 1
+
+
+class ServerCore:
+    def __init__(self, store: Store, origins: list[dns.name.Name], keys: list[KeyEntry],
+                 config: Config, now: float, log: LogCallback | None = None) -> None:
+        self.store = store
+        self.config = config
+        self.keys: dict[dns.name.Name, KeyEntry] = {entry.name: entry for entry in keys}
+        self.keyring = {entry.name: entry.key for entry in keys}
+        self.limiter = RateLimiter(config.rate, config.burst)
+        self.log: LogCallback = log or (lambda event: None)
+        self.zones: dict[dns.name.Name, Zone] = {}
+        self.udp_cache: dict[bytes, bytes] = {}
+        self.subs: dict[tuple[dns.name.Name, int], dict[int, PushCallback]] = {}
+        self._sub_ids = itertools.count(1)
+        self._leases: list[tuple[float, int, Zone, dns.name.Name, Rec]] = []
+        self._lease_seq = itertools.count()
+        self._seen_macs: dict[bytes, float] = {}
+        self.on_schedule: Callable[[], None] = lambda: None
+        self.purged = store.purge_expired(now)
+        for origin in origins:
+            fresh = Zone(origin, store.ensure_zone(origin.to_text(), now))
+            fresh.install_server_records(config.ns_addresses, config.tls_port)
+            self.zones[origin] = fresh
+        by_text = {origin.to_text(): zone for origin, zone in self.zones.items()}
+        self.orphans = 0
+        for stored in store.load():
+            zone = by_text.get(stored.zone)
+            if zone is None:
+                self.orphans += 1
+                continue
+            rec = Rec(stored.rdata, stored.ttl, stored.expires, stored.rid)
+            zone.add(stored.owner, rec)
+            if rec.expires is not None:
+                self._schedule(zone, stored.owner, rec)
+
+    # -- entry point -------------------------------------------------------------------
+    def handle(self, wire: bytes, transport: str, now: float, peer: str = "") -> bytes | None:
+        """Response bytes for one request, or None to drop it."""
+        if len(wire) < 12:
+            return None
+        try:
+            msg = dns.message.from_wire(wire, keyring=False)
+        except Exception:  # dnspython raises many classes for malformed input
+            return self._formerr(wire)
+        if msg.flags & dns.flags.QR:
+            return None
+        try:
+            response = self._dispatch(msg, wire, transport, now, peer)
+        except dns.exception.DNSException:
+            response = self._plain_error(msg, dns.rcode.FORMERR)
+        if transport == "udp":
+            max_size = max(512, msg.payload) if msg.edns >= 0 else 512
+        else:
+            max_size = 65535
+        try:
+            out = response.to_wire(max_size=max_size, prefer_truncation=True)
+        except dns.exception.TooBig:
+            out = self._plain_error(msg, dns.rcode.SERVFAIL).to_wire()
+        if (transport == "udp" and not msg.had_tsig and msg.opcode() == dns.opcode.QUERY
+                and len(self.udp_cache) < UDP_CACHE_MAX):
+            self.udp_cache[wire[2:]] = out[2:]
+        return out
+
+    def _formerr(self, wire: bytes) -> bytes | None:
+        try:
+            msg_id, flags = dns.wire.Parser(wire).get_struct("!HH")
+        except Exception:
+            return None
+        if flags & dns.flags.QR:
+            return None
+        response = dns.message.Message(id=msg_id)
+        response.flags = dns.flags.Flag(dns.flags.QR | (flags & dns.flags.RD))
+        response.set_opcode(dns.opcode.from_flags(flags))
+        response.set_rcode(dns.rcode.FORMERR)
+        return response.to_wire()
+
+    def _plain_error(self, msg: dns.message.Message, rcode: int) -> dns.message.Message:
+        response = dns.message.make_response(msg)
+        response.set_rcode(dns.rcode.Rcode.make(rcode))
+        return response
+
+    def _dispatch(self, msg: dns.message.Message, wire: bytes, transport: str, now: float,
+                  peer: str) -> dns.message.Message:
+        opcode = msg.opcode()
+        if opcode == dns.opcode.UPDATE and isinstance(msg, dns.update.UpdateMessage):
+            return self._update(msg, wire, now, peer)
+        if opcode != dns.opcode.QUERY:
+            return self._plain_error(msg, dns.rcode.NOTIMP)
+        if len(msg.question) != 1 or msg.answer or msg.authority:
+            return self._plain_error(msg, dns.rcode.FORMERR)
+        if msg.edns > 0:
+            response = dns.message.make_response(msg)
+            response.set_rcode(dns.rcode.BADVERS)
+            return response
+        if msg.had_tsig:
+            entry, error = self._verify(msg, wire, now)
+            if error is not None:
+                return error
+            response = answer(self.zones, msg)
+            if entry is not None:
+                self._sign(response, msg, entry)
+            return response
+        return answer(self.zones, msg)
+
+    # -- TSIG ----------------------------------------------------------------------------
+    def _verify(self, msg: dns.message.Message, wire: bytes,
+                now: float) -> tuple[KeyEntry | None, dns.message.Message | None]:
+        """(key entry, None) when the TSIG verifies, else (None, the error response)."""
+        keyname = msg.keyname
+        entry = self.keys.get(keyname) if keyname is not None else None
+        if entry is None or entry.key.algorithm != msg.keyalgorithm:
+            return None, self._tsig_error(msg, dns.rcode.BADKEY)
+        try:
+            dns.message.from_wire(wire, keyring={entry.name: entry.key})
+        except dns.tsig.BadTime:
+            response = dns.message.make_response(msg)
+            response.set_rcode(dns.rcode.NOTAUTH)
+            response.use_tsig(entry.key, tsig_error=dns.rcode.BADTIME,
+                              other_data=struct.pack("!Q", int(now))[2:])
+            response.request_mac = msg.mac or b""
+            return None, response
+        except (dns.tsig.BadKey, dns.tsig.BadAlgorithm, dns.message.UnknownTSIGKey):
+            return None, self._tsig_error(msg, dns.rcode.BADKEY)
+        except Exception:  # BadSignature, and any malformed TSIG
+            return None, self._tsig_error(msg, dns.rcode.BADSIG)
+        return entry, None
+
+    def _tsig_error(self, msg: dns.message.Message, error: int) -> dns.message.Message:
+        """NOTAUTH with an unsigned TSIG RR carrying ``error`` (RFC 8945 §5.3.2)."""
+        response = dns.message.make_response(msg)
+        response.set_rcode(dns.rcode.NOTAUTH)
+        if msg.tsig:
+            old = msg.tsig[0]
+            rdata = old.replace(mac=b"", error=error, other=b"")
+            response.tsig = dns.rrset.from_rdata(msg.tsig.name, 0, rdata)
+        return response
+
+    def _sign(self, response: dns.message.Message, msg: dns.message.Message, entry: KeyEntry) -> None:
+        response.use_tsig(entry.key)
+        response.request_mac = msg.mac or b""
+
+    # -- UPDATE --------------------------------------------------------------------------
+    def _update(self, msg: dns.update.UpdateMessage, wire: bytes, now: float,
+                peer: str) -> dns.message.Message:
+        entry: KeyEntry | None = None
+        if msg.had_tsig:
+            entry, error = self._verify(msg, wire, now)
+            if error is not None:
+                tsig_error = error.tsig_error
+                why = f"TSIG {dns.rcode.to_text(dns.rcode.Rcode.make(tsig_error or 0))}"
+                self._log_update(msg, peer, None, error.rcode(), why)
+                return error
+        response = dns.message.make_response(msg)
+        if entry is not None:
+            self._sign(response, msg, entry)
+        try:
+            zone, summary, lease_option = self._apply_update(msg, entry, now)
+        except UpdateFailed as failed:
+            response.set_rcode(dns.rcode.Rcode.make(failed.rcode))
+            self._log_update(msg, peer, entry, failed.rcode, failed.why)
+            return response
+        if lease_option is not None:
+            response.use_edns(0, 0, 1232, options=[lease_option])
+        self._log_update(msg, peer, entry, dns.rcode.NOERROR, summary, zone=zone)
+        return response
+
+    def _log_update(self, msg: dns.message.Message, peer: str, entry: KeyEntry | None, rcode: int,
+                    what: str, zone: Zone | None = None) -> None:
+        zone_name = msg.question[0].name.to_text() if msg.question else "?"
+        self.log({"event": "update", "client": peer,
+                  "key": entry.name.to_text() if entry else (msg.keyname.to_text() if msg.keyname else None),
+                  "zone": zone_name, "rcode": dns.rcode.to_text(dns.rcode.Rcode.make(rcode)), "what": what,
+                  "serial": zone.serial if zone else None})
+
+    def _apply_update(self, msg: dns.update.UpdateMessage, entry: KeyEntry | None,
+                      now: float) -> tuple[Zone, str, dns.edns.Option | None]:
+        if len(msg.zone) != 1 or msg.zone[0].rdtype != dns.rdatatype.SOA:
+            raise UpdateFailed(dns.rcode.FORMERR, "zone section must hold exactly one SOA question")
+        found = self.zones.get(msg.zone[0].name)
+        if found is None:
+            raise UpdateFailed(dns.rcode.NOTAUTH, f"zone {msg.zone[0].name} is not served here")
+        zone = found
+        if entry is None:
+            raise UpdateFailed(dns.rcode.REFUSED, "unsigned update")
+        mac = msg.mac or b""
+        self._seen_macs = {m: t for m, t in self._seen_macs.items() if t > now - 600}
+        if mac in self._seen_macs:
+            raise UpdateFailed(dns.rcode.REFUSED, "replayed update (TSIG MAC seen before)")
+        if not self.limiter.allow(entry.name, now):
+            raise UpdateFailed(dns.rcode.REFUSED, "rate limit for this key exceeded")
+        self._seen_macs[mac] = now
+        self._check_prereqs(zone, msg)
+        self._prescan(zone, msg, entry)
+        lease, option = self._lease(msg)
+        expires = None if lease is None else now + lease
+        works = self._compute(zone, msg, expires)
+        summary = self._commit(zone, works)
+        return zone, summary + (f" lease={lease}s" if lease is not None else ""), option
+
+    def _lease(self, msg: dns.message.Message) -> tuple[int | None, dns.edns.Option | None]:
+        for option in msg.options:
+            if option.otype != LEASE_OPTION:
+                continue
+            data = option.to_wire() or b""
+            if len(data) == 4:
+                (lease,) = struct.unpack("!I", data)
+                granted = self._clamp(lease)
+                return granted, dns.edns.GenericOption(LEASE_OTYPE, struct.pack("!I", granted))
+            if len(data) == 8:
+                lease, key_lease = struct.unpack("!II", data)
+                granted = self._clamp(lease)
+                value = struct.pack("!II", granted, max(granted, self._clamp(key_lease)))
+                return granted, dns.edns.GenericOption(LEASE_OTYPE, value)
+            raise UpdateFailed(dns.rcode.FORMERR, f"Update Lease option of {len(data)} bytes")
+        return None, None
+
+    def _clamp(self, value: int) -> int:
+        return max(self.config.lease_min, min(self.config.lease_max, value))
+
+    def _check_prereqs(self, zone: Zone, msg: dns.update.UpdateMessage) -> None:
+        wanted: dict[tuple[dns.name.Name, int], set[bytes]] = {}
+        for rrset in msg.prerequisite:
+            name, rdtype = rrset.name, int(rrset.rdtype)
+            if not name.is_subdomain(zone.origin):
+                raise UpdateFailed(dns.rcode.NOTZONE, f"prerequisite name {name} is outside the zone")
+            in_use = zone.node(name) is not None
+            if rrset.deleting == dns.rdataclass.ANY:
+                if rdtype == dns.rdatatype.ANY:
+                    if not in_use:
+                        raise UpdateFailed(dns.rcode.NXDOMAIN, f"prerequisite: {name} not in use")
+                elif not zone.rrset(name, rdtype):
+                    raise UpdateFailed(dns.rcode.NXRRSET, f"prerequisite: {name} {_t(rdtype)} absent")
+            elif rrset.deleting == dns.rdataclass.NONE:
+                if rdtype == dns.rdatatype.ANY:
+                    if in_use:
+                        raise UpdateFailed(dns.rcode.YXDOMAIN, f"prerequisite: {name} in use")
+                elif zone.rrset(name, rdtype):
+                    raise UpdateFailed(dns.rcode.YXRRSET, f"prerequisite: {name} {_t(rdtype)} exists")
+            else:
+                if rrset.ttl != 0 or rdtype in META_TYPES:
+                    raise UpdateFailed(dns.rcode.FORMERR, "value prerequisite with TTL or meta type")
+                wanted.setdefault((name, rdtype), set()).update(_canon(rd) for rd in rrset)
+        for (name, rdtype), want in wanted.items():
+            have = {_canon(rec.rdata) for rec in zone.rrset(name, rdtype)}
+            if have != want:
+                raise UpdateFailed(dns.rcode.NXRRSET, f"prerequisite: {name} {_t(rdtype)} differs")
+
+    def _prescan(self, zone: Zone, msg: dns.update.UpdateMessage, entry: KeyEntry) -> None:
+        for rrset in msg.update:
+            name, rdtype = rrset.name, rrset.rdtype
+            if not name.is_subdomain(zone.origin):
+                raise UpdateFailed(dns.rcode.NOTZONE, f"{name} is outside zone {zone.origin}")
+            if rrset.deleting is None and rdtype in META_TYPES:
+                raise UpdateFailed(dns.rcode.FORMERR, f"cannot add type {_t(rdtype)}")
+            if rrset.deleting == dns.rdataclass.NONE and (rrset.ttl != 0 or rdtype in META_TYPES):
+                raise UpdateFailed(dns.rcode.FORMERR, "delete-one with TTL or meta type")
+            if rrset.deleting == dns.rdataclass.ANY and rdtype in META_TYPES - {dns.rdatatype.ANY}:
+                raise UpdateFailed(dns.rcode.FORMERR, f"cannot delete type {_t(rdtype)}")
+        for rrset in msg.update:
+            name, rdtype = rrset.name, rrset.rdtype
+            if entry.zone != zone.origin:
+                raise UpdateFailed(dns.rcode.REFUSED, f"key {entry.name} may not update zone {zone.origin}")
+            if name == zone.origin or name in zone.server_names:
+                raise UpdateFailed(dns.rcode.REFUSED, f"{name} is the apex or a server-owned name")
+            if rdtype not in ALLOWED_TYPES and not (
+                    rrset.deleting == dns.rdataclass.ANY and rdtype == dns.rdatatype.ANY):
+                raise UpdateFailed(dns.rcode.REFUSED, f"type {_t(rdtype)} is not allowed by policy")
+
+    def _compute(self, zone: Zone, msg: dns.update.UpdateMessage, expires: float | None) -> list[_Work]:
+        works: dict[tuple[dns.name.Name, int], _Work] = {}
+
+        def work(name: dns.name.Name, rdtype: int) -> _Work:
+            found = works.get((name, rdtype))
+            if found is None:
+                existing = zone.rrset(name, rdtype)
+                owner = zone.nodes[name].name if existing else name
+                found = _Work(owner, rdtype, {_canon(r.rdata): r for r in existing},
+                              {r.rid: (r.ttl, r.expires) for r in existing})
+                works[(name, rdtype)] = found
+            return found
+
+        for rrset in msg.update:
+            name, rdtype = rrset.name, rrset.rdtype
+            if rrset.deleting is None:
+                w = work(name, rdtype)
+                for rd in rrset:
+                    key = _canon(rd)
+                    old = w.recs.get(key)
+                    if old is not None and old.rid:
+                        w.recs[key] = Rec(old.rdata, rrset.ttl, expires, old.rid)
+                    else:
+                        w.recs[key] = Rec(rd, rrset.ttl, expires, 0)
+            elif rrset.deleting == dns.rdataclass.ANY:
+                if rdtype == dns.rdatatype.ANY:
+                    node = zone.node(name)
+                    types = set(node.rrsets) if node else set()
+                    types |= {t for (n, t) in works if n == name}
+                    for t in types:
+                        work(name, t).recs.clear()
+                else:
+                    work(name, rdtype).recs.clear()
+            else:
+                w = work(name, rdtype)
+                for rd in rrset:
+                    w.recs.pop(_canon(rd), None)
+        return list(works.values())
+
+    def _commit(self, zone: Zone, works: list[_Work]) -> str:
+        zone_text = zone.origin.to_text()
+        inserts: list[tuple[str, dns.name.Name, dns.rdata.Rdata, int, float | None]] = []
+        new_recs: list[tuple[dns.name.Name, Rec]] = []
+        deletes: list[tuple[dns.name.Name, int]] = []
+        updates: list[tuple[int, int, float | None]] = []
+        changed_ttl = False
+        for w in works:
+            kept = {r.rid for r in w.recs.values() if r.rid}
+            deletes.extend((w.name, rid) for rid in w.original if rid not in kept)
+            for rec in w.recs.values():
+                if not rec.rid:
+                    inserts.append((zone_text, w.name, rec.rdata, rec.ttl, rec.expires))
+                    new_recs.append((w.name, rec))
+                elif w.original[rec.rid] != (rec.ttl, rec.expires):
+                    updates.append((rec.rid, rec.ttl, rec.expires))
+                    changed_ttl = changed_ttl or w.original[rec.rid][0] != rec.ttl
+        changed = bool(inserts or deletes or changed_ttl)
+        serial = _next_serial(zone.serial) if changed else zone.serial
+        if not (inserts or deletes or updates):
+            return "no change"
+        ids = self.store.apply(Change(inserts, [rid for _, rid in deletes], updates,
+                                      {zone_text: serial} if changed else {}))
+        # durable: now change memory
+        pushes: list[push.PushRecord] = []
+        by_rid: dict[int, tuple[dns.name.Name, Rec]] = {}
+        for w in works:
+            for rec in zone.rrset(w.name, w.rdtype):
+                by_rid[rec.rid] = (w.name, rec)
+        for name, rid in deletes:
+            _, rec = by_rid[rid]
+            zone.remove(name, rec)
+            pushes.append(push.remove(name, rec.rdata))
+        for rid, ttl, expires in updates:
+            name, rec = by_rid[rid]
+            rec.ttl, rec.expires = ttl, expires
+            if expires is not None:
+                self._schedule(zone, name, rec)
+        for (name, rec), rid in zip(new_recs, ids, strict=True):
+            rec.rid = rid
+            zone.add(name, rec)
+            if rec.expires is not None:
+                self._schedule(zone, name, rec)
+            pushes.append(push.add(zone.nodes[name].name, rec.rdata, rec.ttl))
+        if changed:
+            zone.set_serial(serial)
+            self.udp_cache = {}
+        self._notify(pushes)
+        parts = [f"add {n} {_t(r.rdata.rdtype)}" for n, r in new_recs]
+        parts += [f"del {n} {_t(by_rid[rid][1].rdata.rdtype)}" for n, rid in deletes]
+        if updates and not parts:
+            parts.append(f"refresh {len(updates)} records")
+        return "; ".join(parts[:6]) + (f"; … ({len(parts)} changes)" if len(parts) > 6 else "")
+
+    # -- leases ----------------------------------------------------------------------------
+    def _schedule(self, zone: Zone, name: dns.name.Name, rec: Rec) -> None:
+        if rec.expires is not None:
+            earlier = not self._leases or rec.expires < self._leases[0][0]
+            heapq.heappush(self._leases, (rec.expires, next(self._lease_seq), zone, name, rec))
+            if earlier:
+                self.on_schedule()
+
+    def next_expiry(self) -> float | None:
+        return self._leases[0][0] if self._leases else None
+
+    def expire(self, now: float) -> int:
+        """Remove every record whose lease has ended; returns how many were removed."""
+        due: list[tuple[Zone, dns.name.Name, Rec]] = []
+        while self._leases and self._leases[0][0] <= now:
+            when, _, zone, name, rec = heapq.heappop(self._leases)
+            if rec.expires != when or not any(r is rec for r in zone.rrset(name, rec.rdata.rdtype)):
+                continue  # refreshed or deleted since
+            due.append((zone, name, rec))
+        if not due:
+            return 0
+        zones = {id(z): z for z, _, _ in due}
+        serials = {z.origin.to_text(): _next_serial(z.serial) for z in zones.values()}
+        self.store.apply(Change([], [rec.rid for _, _, rec in due], [], serials))
+        pushes = []
+        for zone, name, rec in due:
+            owner = zone.nodes[name].name
+            zone.remove(name, rec)
+            pushes.append(push.remove(owner, rec.rdata))
+        for zone in zones.values():
+            zone.set_serial(serials[zone.origin.to_text()])
+        self.udp_cache = {}
+        self._notify(pushes)
+        self.log({"event": "expire", "records": len(due),
+                  "what": "; ".join(f"{n} {_t(r.rdata.rdtype)}" for _, n, r in due[:6])})
+        return len(due)
+
+    # -- DNS Push --------------------------------------------------------------------------
+    def subscribe(self, name: dns.name.Name, rdtype: int,
+                  callback: PushCallback) -> tuple[int, int, list[push.PushRecord]]:
+        """(rcode, subscription id, current records) for a SUBSCRIBE."""
+        zone = find_zone(self.zones, name)
+        if zone is None:
+            return dns.rcode.NOTAUTH, 0, []
+        if rdtype in (dns.rdatatype.AXFR, dns.rdatatype.IXFR, dns.rdatatype.OPT, dns.rdatatype.TSIG):
+            return dns.rcode.FORMERR, 0, []
+        sub_id = next(self._sub_ids)
+        self.subs.setdefault((name, rdtype), {})[sub_id] = callback
+        current: list[push.PushRecord] = []
+        node = zone.node(name)
+        if node is not None:
+            for t, recs in node.rrsets.items():
+                if rdtype in (t, dns.rdatatype.ANY):
+                    current.extend(push.add(node.name, rec.rdata, rec.ttl) for rec in recs)
+        return dns.rcode.NOERROR, sub_id, current
+
+    def unsubscribe(self, name: dns.name.Name, rdtype: int, sub_id: int) -> None:
+        subs = self.subs.get((name, rdtype))
+        if subs is not None:
+            subs.pop(sub_id, None)
+            if not subs:
+                del self.subs[(name, rdtype)]
+
+    def _notify(self, records: list[push.PushRecord]) -> None:
+        if not self.subs or not records:
+            return
+        batches: dict[int, tuple[PushCallback, list[push.PushRecord]]] = {}
+        for record in records:
+            for key in ((record.name, record.rdtype), (record.name, dns.rdatatype.ANY)):
+                for sub_id, callback in self.subs.get(key, {}).items():
+                    batches.setdefault(sub_id, (callback, []))[1].append(record)
+        for callback, batch in batches.values():
+            callback(batch)
+
+
+def _t(rdtype: int) -> str:
+    return dns.rdatatype.to_text(dns.rdatatype.RdataType.make(rdtype))

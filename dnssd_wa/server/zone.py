@@ -1,0 +1,238 @@
+"""In-memory zone data and authoritative query answering.
+
+How this works
+--------------
+A :class:`Zone` holds :class:`Node` objects keyed by ``dns.name.Name`` (whose hash and
+equality ignore case, so lookups are case-insensitive while each node keeps the owner
+name as first registered — case preserved). A node maps an rdata type to a list of
+:class:`Rec` (rdata, TTL, lease expiry, store row id). Names that exist only because
+something lives below them (empty non-terminals such as ``_tcp.<zone>``) are counted in
+``Zone.ent`` so that they answer NODATA, not NXDOMAIN (RFC 8020).
+
+Server-owned records (SOA, NS, the name server's address, and the
+``_dns-update-tls._tcp`` / ``_dns-push-tls._tcp`` SRV records) are synthesised from the
+configuration and live in the same structure with ``rid = 0``; they are never stored.
+
+:func:`answer` turns a parsed query into a response message (dnspython renders it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import dns.flags
+import dns.message
+import dns.name
+import dns.rcode
+import dns.rdata
+import dns.rdataclass
+import dns.rdatatype
+import dns.rdtypes.ANY.SOA
+import dns.rrset
+
+SOA_TTL = 3600
+NEGATIVE_TTL = 60
+SERVER_TTL = 3600
+NS_LABEL = "ns"
+UPDATE_SRV = "_dns-update-tls._tcp"
+PUSH_SRV = "_dns-push-tls._tcp"
+
+
+@dataclass(slots=True)
+class Rec:
+    """One resource record: rdata, TTL, lease end (wall clock, None = permanent), row id."""
+
+    rdata: dns.rdata.Rdata
+    ttl: int
+    expires: float | None
+    rid: int
+
+
+@dataclass(slots=True)
+class Node:
+    name: dns.name.Name
+    rrsets: dict[int, list[Rec]] = field(default_factory=dict)
+
+
+@dataclass
+class Zone:
+    origin: dns.name.Name
+    serial: int
+    nodes: dict[dns.name.Name, Node] = field(default_factory=dict)
+    ent: dict[dns.name.Name, int] = field(default_factory=dict)
+    server_names: set[dns.name.Name] = field(default_factory=set)
+    records: int = 0
+
+    # -- structure ---------------------------------------------------------------------
+    def node(self, name: dns.name.Name) -> Node | None:
+        return self.nodes.get(name)
+
+    def add(self, name: dns.name.Name, rec: Rec) -> None:
+        node = self.nodes.get(name)
+        if node is None:
+            node = Node(name)
+            self.nodes[name] = node
+            self._ent_adjust(name, +1)
+        node.rrsets.setdefault(rec.rdata.rdtype, []).append(rec)
+        self.records += 1
+
+    def remove(self, name: dns.name.Name, rec: Rec) -> bool:
+        node = self.nodes.get(name)
+        if node is None:
+            return False
+        recs = node.rrsets.get(rec.rdata.rdtype)
+        if not recs or rec not in recs:
+            return False
+        recs.remove(rec)
+        self.records -= 1
+        if not recs:
+            del node.rrsets[rec.rdata.rdtype]
+            if not node.rrsets:
+                del self.nodes[name]
+                self._ent_adjust(name, -1)
+        return True
+
+    def _ent_adjust(self, name: dns.name.Name, delta: int) -> None:
+        parent = name
+        while parent != self.origin and len(parent) > len(self.origin):
+            parent = parent.parent()
+            if parent == self.origin:
+                break
+            count = self.ent.get(parent, 0) + delta
+            if count <= 0:
+                self.ent.pop(parent, None)
+            else:
+                self.ent[parent] = count
+
+    def exists(self, name: dns.name.Name) -> bool:
+        return name in self.nodes or name in self.ent or name == self.origin
+
+    def rrset(self, name: dns.name.Name, rdtype: int) -> list[Rec]:
+        node = self.nodes.get(name)
+        if node is None:
+            return []
+        return node.rrsets.get(rdtype, [])
+
+    def all_records(self) -> Iterator[tuple[dns.name.Name, Rec]]:
+        for node in self.nodes.values():
+            for recs in node.rrsets.values():
+                for rec in recs:
+                    yield node.name, rec
+
+    # -- server-owned records ----------------------------------------------------------
+    def soa_rdata(self) -> dns.rdata.Rdata:
+        mname = dns.name.Name((NS_LABEL.encode(), *self.origin.labels))
+        rname = dns.name.Name((b"hostmaster", *self.origin.labels))
+        return dns.rdtypes.ANY.SOA.SOA(  # type: ignore[no-untyped-call]
+            dns.rdataclass.IN, dns.rdatatype.SOA, mname, rname, self.serial, 3600, 600, 86400, NEGATIVE_TTL)
+
+    def install_server_records(self, ns_addresses: list[str], tls_port: int | None) -> None:
+        """(Re)create SOA, NS, the name server's address and the service SRV records."""
+        for name in list(self.server_names):
+            node = self.nodes.get(name)
+            if node is None:
+                continue
+            for recs in list(node.rrsets.values()):
+                for rec in list(recs):
+                    if rec.rid == 0:
+                        self.remove(name, rec)
+        self.server_names.clear()
+        ns_name = dns.name.Name((NS_LABEL.encode(), *self.origin.labels))
+        IN = dns.rdataclass.IN
+        self._own(self.origin, self.soa_rdata(), SOA_TTL)
+        self._own(self.origin, dns.rdata.from_text(IN, dns.rdatatype.NS, ns_name.to_text()), SERVER_TTL)
+        for address in ns_addresses:
+            rdtype = dns.rdatatype.AAAA if ":" in address else dns.rdatatype.A
+            self._own(ns_name, dns.rdata.from_text(IN, rdtype, address), SERVER_TTL)
+        self.server_names.add(ns_name)
+        if tls_port is not None:
+            for label in (UPDATE_SRV, PUSH_SRV):
+                owner = dns.name.from_text(label, self.origin)
+                srv = dns.rdata.from_text(IN, dns.rdatatype.SRV, f"0 0 {tls_port} {ns_name.to_text()}")
+                self._own(owner, srv, SERVER_TTL)
+                self.server_names.add(owner)
+
+    def _own(self, name: dns.name.Name, rdata: dns.rdata.Rdata, ttl: int) -> None:
+        self.add(name, Rec(rdata, ttl, None, 0))
+
+    def set_serial(self, serial: int) -> None:
+        self.serial = serial
+        recs = self.rrset(self.origin, dns.rdatatype.SOA)
+        if recs:
+            recs[0].rdata = self.soa_rdata()
+
+    def soa_rrset(self, ttl: int | None = None) -> dns.rrset.RRset:
+        rrset = dns.rrset.RRset(self.origin, dns.rdataclass.IN, dns.rdatatype.SOA)
+        rrset.add(self.soa_rdata(), SOA_TTL if ttl is None else ttl)
+        return rrset
+
+
+def find_zone(zones: dict[dns.name.Name, Zone], name: dns.name.Name) -> Zone | None:
+    """The served zone that holds ``name`` (closest enclosing origin)."""
+    candidate = name
+    while True:
+        zone = zones.get(candidate)
+        if zone is not None:
+            return zone
+        if len(candidate) <= 1:
+            return None
+        candidate = candidate.parent()
+
+
+def to_rrset(name: dns.name.Name, rdtype: int, recs: list[Rec]) -> dns.rrset.RRset:
+    rrset = dns.rrset.RRset(name, dns.rdataclass.IN, dns.rdatatype.RdataType.make(rdtype))
+    for rec in recs:
+        rrset.add(rec.rdata, rec.ttl)
+    # dnspython keeps the minimum TTL of the set, like an RRset should have (RFC 2181 §5.2)
+    return rrset
+
+
+REFUSED_QTYPES = frozenset({dns.rdatatype.ANY, dns.rdatatype.AXFR, dns.rdatatype.IXFR,
+                            dns.rdatatype.MAILA, dns.rdatatype.MAILB})
+
+
+def answer(zones: dict[dns.name.Name, Zone], query: dns.message.Message) -> dns.message.Message:
+    """The authoritative response to a parsed standard query (one question)."""
+    response = dns.message.make_response(query, our_payload=1232)
+    question = query.question[0]
+    qname, qtype = question.name, question.rdtype
+    if question.rdclass not in (dns.rdataclass.IN, dns.rdataclass.ANY) or qtype in REFUSED_QTYPES:
+        response.set_rcode(dns.rcode.REFUSED)
+        return response
+    zone = find_zone(zones, qname)
+    if zone is None:
+        response.set_rcode(dns.rcode.REFUSED)
+        return response
+    response.flags |= dns.flags.AA
+    node = zone.node(qname)
+    recs = node.rrsets.get(qtype) if node is not None else None
+    if node is not None and recs:
+        response.answer.append(to_rrset(qname, qtype, recs))
+        _additional(zone, qtype, recs, response)
+        return response
+    if node is None and not zone.exists(qname):
+        response.set_rcode(dns.rcode.NXDOMAIN)
+    # NODATA and NXDOMAIN carry the SOA for negative caching (RFC 2308 §3)
+    response.authority.append(zone.soa_rrset(ttl=NEGATIVE_TTL))
+    return response
+
+
+def _additional(zone: Zone, qtype: int, recs: list[Rec], response: dns.message.Message) -> None:
+    targets: list[dns.name.Name] = []
+    if qtype == dns.rdatatype.SRV:
+        targets = [rec.rdata.target for rec in recs]  # type: ignore[attr-defined]
+    elif qtype == dns.rdatatype.NS:
+        targets = [rec.rdata.target for rec in recs]  # type: ignore[attr-defined]
+    seen: set[dns.name.Name] = set()
+    for target in targets:
+        if target in seen:
+            continue
+        seen.add(target)
+        node = zone.node(target)
+        if node is None:
+            continue
+        for rdtype in (dns.rdatatype.A, dns.rdatatype.AAAA):
+            found = node.rrsets.get(rdtype)
+            if found:
+                response.additional.append(to_rrset(node.name, rdtype, found))
