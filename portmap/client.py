@@ -218,6 +218,7 @@ class PortMapper:
         lifetime: int = DEFAULT_LIFETIME,
         transport: int = IPPROTO_UDP,
         max_attempts: int = MAX_ATTEMPTS,
+        renew_attempts: int = MAX_ATTEMPTS,
     ) -> None:
         if len(nonce) != NONCE_LEN:
             raise EncodeError(f"PCP mapping nonce must be {NONCE_LEN} bytes, got {len(nonce)}")
@@ -229,8 +230,8 @@ class PortMapper:
             raise EncodeError(f"lifetime must be 1..2^32-1 seconds, got {lifetime}")
         if transport not in (IPPROTO_UDP, IPPROTO_TCP):
             raise EncodeError(f"transport must be UDP (17) or TCP (6), got {transport}")
-        if not 1 <= max_attempts <= 16:
-            raise EncodeError(f"max_attempts must be 1-16, got {max_attempts}")
+        if not (1 <= max_attempts <= 16 and 1 <= renew_attempts <= 16):
+            raise EncodeError(f"attempts must be 1-16, got {max_attempts}/{renew_attempts}")
         self.gateway = gateway
         self.client_address = client_address
         self.internal_port = internal_port
@@ -238,7 +239,8 @@ class PortMapper:
         self.mode = mode
         self.lifetime = lifetime
         self.transport = transport
-        self.max_attempts = max_attempts
+        self.max_attempts = max_attempts  # first contact
+        self.renew_attempts = renew_attempts  # once a mapping is held
         self.protocol = Protocol.NATPMP if mode is Mode.NATPMP else Protocol.PCP
         self.state = State.IDLE
         self._suggested_port = internal_port if suggested_external_port is None else suggested_external_port
@@ -319,14 +321,17 @@ class PortMapper:
         self._dispatch(message, now)
 
     # ------------------------------------------------------------------ rounds and requests
+    def _attempts(self) -> int:
+        return self.max_attempts if self._mapping is None else self.renew_attempts
+
     def _begin_round(self, now: float) -> None:
         self._pending_address = None
         if self.protocol is Protocol.PCP:
             self._tx = _Transaction("map", Protocol.PCP, self._map_payload(self.lifetime),
-                                    self.max_attempts, now)
+                                    self._attempts(), now)
         else:
             self._tx = _Transaction("address", Protocol.NATPMP, NatPmpExternalAddressRequest().encode(),
-                                    self.max_attempts, now)
+                                    self._attempts(), now)
 
     def _map_payload(self, lifetime: int) -> bytes:
         held = self._mapping
@@ -443,7 +448,7 @@ class PortMapper:
             self._remap = True
         self._pending_address = message.external_address
         self._tx = _Transaction("map", Protocol.NATPMP, self._map_payload(self.lifetime),
-                                self.max_attempts, now)
+                                self._attempts(), now)
 
     def _on_natpmp_map(self, message: NatPmpMapResponse, tx: _Transaction | None, now: float) -> None:
         if tx is None or tx.protocol is not Protocol.NATPMP or tx.kind == "address" \

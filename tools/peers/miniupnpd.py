@@ -240,7 +240,7 @@ class HomeRouter:
             f"ln -s {shlex.quote(str(sock))} /dev/log && umount -l {d} && "
             f"exec {binary} -d -f {shlex.quote(str(self.conf_path))} -P {shlex.quote(str(pidfile))}"
         )
-        err = open(self.stderr_path, "ab")  # noqa: SIM115 - owned by the child
+        err = open(self.stderr_path, "ab")
         try:
             self.miniupnpd = self.lab.popen(self.router_ns, ["unshare", "-m", "--propagation", "private",
                                                              "sh", "-c", script],
@@ -310,7 +310,6 @@ def sink(sock_path: str, log_path: str) -> None:
     signal.signal(signal.SIGINT, on_signal)
     s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     s.bind(sock_path)
-    os.chmod(sock_path, 0o666)
     s.settimeout(0.5)
     with open(log_path, "ab") as log:
         while not stop:

@@ -148,10 +148,13 @@ def start_stun(lab: Lab, ns: str, primary: str, alternate: str, *, port: int = D
     import subprocess
     import time
 
-    log = open(log_path, "ab") if log_path else subprocess.DEVNULL  # noqa: SIM115
-    proc = lab.popen(ns, [sys.executable, "-m", "tools.peers.stun", "--primary", primary,
-                          "--alternate", alternate, "--port", str(port), "--alt-port", str(alt_port)],
-                     stdout=log, stderr=log)
+    argv = [sys.executable, "-m", "tools.peers.stun", "--primary", primary, "--alternate", alternate,
+            "--port", str(port), "--alt-port", str(alt_port)]
+    if log_path:
+        with open(log_path, "ab") as log:
+            proc = lab.popen(ns, argv, stdout=log, stderr=log)
+    else:
+        proc = lab.popen(ns, argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     # Ready when the primary port is bound (checked from inside the namespace).
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
