@@ -75,7 +75,7 @@ from typing import Any
 
 from esp_udp.encap import KEEPALIVE, KEEPALIVE_INTERVAL, NON_ESP_MARKER, KeepaliveTimer
 from esp_udp.errors import ConfigError, DropReason, EspError
-from esp_udp.esp import NH_IPV4, NH_IPV6, OVERHEAD_MAX, InboundSA, OutboundSA
+from esp_udp.esp import NH_IPV6, OVERHEAD_MAX, InboundSA, OutboundSA
 from esp_udp.replay import DEFAULT_WINDOW
 from esp_udp.sa import SAParams, Suite
 from esp_udp.tun import TunDevice
@@ -89,6 +89,12 @@ DEFAULT_MTU = 1280
 DEFAULT_LINGER = 10.0
 BUF_SIZE = 65536 + 256
 _U32 = struct.Struct("!I")
+_U16 = struct.Struct("=H")  # cmsg payloads are in host byte order
+_U16_NATIVE = _U16
+UDP_SEGMENT = 103  # linux/udp.h: UDP GSO segment size (setsockopt / cmsg)
+UDP_GRO = 104  # linux/udp.h: receive coalesced datagrams, cmsg gives the segment size
+GSO_MAX_BYTES = 65000  # one UDP GSO send: < 65,507 bytes of payload
+GSO_MAX_SEGMENTS = 64
 
 
 @dataclass(frozen=True)
@@ -178,6 +184,8 @@ class Datapath:
         socket_buffer: int = 4 << 20,
         batch: int = 64,
         seq_limits: tuple[int, int] | None = None,
+        gso: bool = True,
+        gro: bool = True,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.local_inner = ipaddress.IPv6Address(str(local_inner).split("/")[0])
@@ -208,10 +216,15 @@ class Datapath:
         self._running = False
         self._wake_r = -1
         self._wake_w = -1
+        self._gso = gso
+        self._gro = gro
+        self._gso_bytes = GSO_MAX_BYTES
+        self._cmsg_space = socket.CMSG_SPACE(4)
+        self._tun_fd = -1
         # Preallocated buffers, used only by the worker thread.
         self._pbuf = bytearray(BUF_SIZE)
         self._pview = memoryview(self._pbuf)
-        self._oview = memoryview(bytearray(BUF_SIZE + OVERHEAD_MAX))
+        self._oview = memoryview(bytearray(4 * BUF_SIZE + OVERHEAD_MAX))
         self._rbuf = bytearray(BUF_SIZE)
         self._rview = memoryview(self._rbuf)
         self._dbuf = bytearray(BUF_SIZE)
@@ -230,6 +243,7 @@ class Datapath:
             self.tun.close()
             raise
         self.tun_name = self.tun.name
+        self._tun_fd = self.tun.fd
         for peer in self._peers.values():
             self.tun.add_route(peer.inner, self.mtu)
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
@@ -251,6 +265,11 @@ class Datapath:
             sock.close()
             raise OSError(exc.errno, f"cannot bind UDP {self.bind}:{self.port}: {exc.strerror} "
                           "(another tunnel or IKE daemon on this port? use --port)") from None
+        if self._gro:
+            try:
+                sock.setsockopt(socket.SOL_UDP, UDP_GRO, 1)
+            except OSError:
+                self._gro = False
         sock.setblocking(False)
         return sock
 
@@ -444,32 +463,35 @@ class Datapath:
             ep.close()
 
     def _drain_tun(self) -> None:
-        """TUN → seal → UDP, up to ``batch`` packets."""
-        assert self.tun is not None and self.sock is not None
+        """TUN → seal → UDP, up to ``batch`` packets.
+
+        Consecutive packets to the same peer that seal to the same size are written
+        back to back into one buffer and sent with one ``sendmsg`` carrying ``UDP_SEGMENT``
+        (UDP GSO: the kernel cuts them into datagrams), so a TCP burst costs one UDP
+        syscall per batch instead of one per packet.
+        """
+        assert self.tun is not None
         tun_fd = self.tun.fd
-        sendto = self.sock.sendto
         pbuf = self._pbuf
         pview = self._pview
         oview = self._oview
         peers = self._peers
         glob = self.counters_global
+        gso = self._gso
+        # The pending GSO batch: peer, segment size, oview[start:used], segment count.
+        batch_peer: _Peer | None = None
+        seg = start = used = count = 0
+        limit = self._gso_bytes
         for _ in range(self.batch):
             try:
                 n = os.readv(tun_fd, (pbuf,))
-            except BlockingIOError:
-                return
             except OSError:
-                return
+                break
             version = pbuf[0] >> 4
-            if version == 6 and n >= 40:
-                peer = peers.get(bytes(pview[24:40]))
-                nh = NH_IPV6
-            elif version == 4 and n >= 20:
-                glob.drop(DropReason.NO_ROUTE)  # IPv4 inner is not routed by BTMM
+            if version != 6 or n < 40:
+                glob.drop(DropReason.NO_ROUTE if version == 4 else DropReason.BAD_INNER)
                 continue
-            else:
-                glob.drop(DropReason.BAD_INNER)
-                continue
+            peer = peers.get(bytes(pview[24:40]))
             if peer is None:
                 glob.drop(DropReason.NO_ROUTE)
                 continue
@@ -477,33 +499,66 @@ class Datapath:
             if sa is None:
                 peer.counters.drop(DropReason.NO_SA)
                 continue
+            if count and (peer is not batch_peer or used - start + n + 64 > limit
+                          or count >= GSO_MAX_SEGMENTS or not gso):
+                self._flush(batch_peer, oview[start:used], seg, count)
+                start = used = count = 0
             try:
-                length = sa.seal_into(oview, pbuf, n, nh)
+                length = sa.seal_into(oview[used:], pview, n, NH_IPV6)
             except EspError as exc:
                 peer.counters.drop(exc.reason)
                 if exc.reason is DropReason.SEQ_EXHAUSTED and sa.spi not in peer.signalled:
                     peer.signalled.add(sa.spi)
                     self._emit(DatapathEvent("seq_exhausted", str(peer.inner), sa.spi))
                 continue
-            try:
-                sendto(oview[:length], peer.outer)
-            except BlockingIOError:
-                if not self._wait_writable():
-                    peer.counters.drop(DropReason.SEND_FAILED)
-                    continue
-                try:
-                    sendto(oview[:length], peer.outer)
-                except OSError:
-                    peer.counters.drop(DropReason.SEND_FAILED)
-                    continue
-            except OSError:
-                peer.counters.drop(DropReason.SEND_FAILED)
-                continue
             c = peer.counters
             c.packets_out += 1
             c.bytes_out += n
-            if peer.keepalive is not None:
-                peer.keepalive.last_sent = self.clock()
+            if count == 0:
+                batch_peer, seg, start, count = peer, length, used, 1
+                used += length
+            elif length == seg:
+                used += length
+                count += 1
+            elif length < seg:  # a shorter segment may only end a GSO batch
+                self._flush(peer, oview[start:used + length], seg, count + 1)
+                start = used = count = 0
+            else:  # longer: send what we have; this packet starts the next batch
+                self._flush(batch_peer, oview[start:used], seg, count)
+                batch_peer, seg, start, count = peer, length, used, 1
+                used += length
+        if count:
+            self._flush(batch_peer, oview[start:used], seg, count)
+
+    def _flush(self, peer: _Peer | None, data: memoryview, seg: int, count: int) -> None:
+        """Send ``count`` sealed packets of size ``seg`` (the last may be shorter)."""
+        if peer is None:
+            return
+        assert self.sock is not None
+        outer = peer.outer
+        for attempt in range(2):
+            try:
+                if count == 1:
+                    self.sock.sendto(data, outer)
+                else:
+                    self.sock.sendmsg((data,), ((socket.SOL_UDP, UDP_SEGMENT, _U16.pack(seg)),),
+                                      0, outer)
+                break
+            except BlockingIOError:
+                if attempt == 0 and self._wait_writable():
+                    continue
+                peer.counters.drop(DropReason.SEND_FAILED)
+                return
+            except OSError as exc:
+                if count > 1 and exc.errno in (errno.EIO, errno.EINVAL, errno.ENOPROTOOPT):
+                    self._gso = False  # no UDP GSO here: fall back to one datagram each
+                    for off in range(0, len(data), seg):
+                        self._flush(peer, data[off:off + seg], seg, 1)
+                    return
+                peer.counters.drop(DropReason.SEND_FAILED)
+                return
+        if peer.keepalive is not None:
+            peer.keepalive.last_sent = self.clock()
 
     def _wait_writable(self) -> bool:
         assert self.sock is not None
@@ -511,64 +566,73 @@ class Datapath:
         return bool(writable)
 
     def _drain_sock(self) -> None:
-        """UDP → classify → open → TUN, up to ``batch`` datagrams."""
-        assert self.tun is not None and self.sock is not None
-        tun_fd = self.tun.fd
-        recvfrom_into = self.sock.recvfrom_into
+        """UDP → classify → open → TUN, up to ``batch`` receive calls.
+
+        With ``UDP_GRO`` one receive may return several datagrams of one flow glued
+        together; the control message gives their size and they are handled one by one.
+        """
+        assert self.sock is not None
+        recvmsg_into = self.sock.recvmsg_into
         rbuf = self._rbuf
         rview = self._rview
-        dview = self._dview
-        glob = self.counters_global
+        bufs = (rbuf,)
+        space = self._cmsg_space
         for _ in range(self.batch):
             try:
-                n, addr = recvfrom_into(rbuf)
-            except (BlockingIOError, InterruptedError):
-                return
+                n, ancdata, _flags, addr = recvmsg_into(bufs, space)
             except OSError:
                 return
-            if n < 8:
-                if n == 1 and rbuf[0] == 0xFF:
-                    self.keepalives_in += 1
-                elif n > 4 and rbuf[0:4] == NON_ESP_MARKER:
-                    self._deliver_ike(bytes(rview[4:n]), addr)
-                else:
-                    glob.drop(DropReason.TRUNCATED)
-                continue
-            spi = _U32.unpack_from(rbuf, 0)[0]
-            if spi == 0:
-                self._deliver_ike(bytes(rview[4:n]), addr)
-                continue
-            entry = self._inbound.get(spi)
-            if entry is None:
-                glob.drop(DropReason.UNKNOWN_SPI)
-                continue
-            sa, peer = entry
-            try:
-                _, nh, plen = sa.open_into(rview[:n], dview)
-            except EspError as exc:
-                peer.counters.drop(exc.reason)
-                continue
-            if nh == NH_IPV6:
-                if plen < 40 or self._dbuf[8:24] != peer.inner_key:
-                    peer.counters.drop(DropReason.BAD_INNER)
-                    continue
-            elif nh == NH_IPV4:
-                peer.counters.drop(DropReason.BAD_INNER)  # no IPv4 inner addresses in BTMM
-                continue
-            try:
-                os.write(tun_fd, dview[:plen])
-            except OSError as exc:
-                if exc.errno not in (errno.EAGAIN, errno.ENOBUFS, errno.EINVAL):
-                    raise
-                peer.counters.drop(DropReason.SEND_FAILED)
-                continue
-            c = peer.counters
-            c.packets_in += 1
-            c.bytes_in += plen
-            if addr != peer.outer:
-                old = peer.outer
-                peer.outer = addr
-                self._emit(DatapathEvent("nat_rebind", str(peer.inner), spi, old, addr))
+            seg = n
+            for level, kind, data in ancdata:
+                if level == socket.SOL_UDP and kind == UDP_GRO and len(data) >= 2:
+                    seg = _U16_NATIVE.unpack_from(data, 0)[0] or n
+            if seg >= n:
+                self._datagram(rview[:n], n, addr)
+            else:
+                for off in range(0, n, seg):
+                    end = min(off + seg, n)
+                    self._datagram(rview[off:end], end - off, addr)
+
+    def _datagram(self, view: memoryview, n: int, addr: Addr) -> None:
+        """One received datagram: keepalive, IKE or ESP."""
+        if n < 8:
+            if n == 1 and view[0] == 0xFF:
+                self.keepalives_in += 1
+            elif n > 4 and view[0:4] == NON_ESP_MARKER:
+                self._deliver_ike(bytes(view[4:n]), addr)
+            else:
+                self.counters_global.drop(DropReason.TRUNCATED)
+            return
+        spi = _U32.unpack_from(view, 0)[0]
+        if spi == 0:
+            self._deliver_ike(bytes(view[4:n]), addr)
+            return
+        entry = self._inbound.get(spi)
+        if entry is None:
+            self.counters_global.drop(DropReason.UNKNOWN_SPI)
+            return
+        sa, peer = entry
+        dview = self._dview
+        try:
+            _, nh, plen = sa.open_into(view, dview)
+        except EspError as exc:
+            peer.counters.drop(exc.reason)
+            return
+        if nh != NH_IPV6 or plen < 40 or self._dbuf[8:24] != peer.inner_key:
+            peer.counters.drop(DropReason.BAD_INNER)  # only the peer's own ULA may come out
+            return
+        try:
+            os.write(self._tun_fd, dview[:plen])
+        except OSError:
+            peer.counters.drop(DropReason.SEND_FAILED)
+            return
+        c = peer.counters
+        c.packets_in += 1
+        c.bytes_in += plen
+        if addr != peer.outer:
+            old = peer.outer
+            peer.outer = addr
+            self._emit(DatapathEvent("nat_rebind", str(peer.inner), spi, old, addr))
 
     def _deliver_ike(self, data: bytes, addr: Addr) -> None:
         self.ike_in += 1

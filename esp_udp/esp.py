@@ -44,6 +44,8 @@ from esp_udp.replay import DEFAULT_WINDOW, ReplayWindow
 from esp_udp.sa import SALT_LEN, Suite
 
 ESP_HEADER = struct.Struct("!II")
+_HEADER_IV = struct.Struct("!IIQ")  # SPI, sequence number, IV (= 64-bit counter)
+_NONCE = struct.Struct("!IQ")  # salt ‖ IV
 HEADER_LEN = 8
 IV_LEN = 8
 ICV_LEN = 16
@@ -96,7 +98,7 @@ def sealed_len(payload_len: int) -> int:
 class OutboundSA:
     """The sending half of an SA: numbers, pads and seals inner packets."""
 
-    __slots__ = ("_aead", "_salt", "hard_limit", "seq", "soft_limit", "spi", "suite")
+    __slots__ = ("_aead", "_salt", "_salt_int", "hard_limit", "seq", "soft_limit", "spi", "suite")
 
     def __init__(self, spi: int, suite: Suite, keymat: bytes, *, soft_limit: int = SOFT_SEQ_LIMIT,
                  hard_limit: int = HARD_SEQ_LIMIT) -> None:
@@ -105,6 +107,7 @@ class OutboundSA:
         self.spi = spi
         self.suite = suite
         self._aead, self._salt = make_aead(suite, keymat)
+        self._salt_int = int.from_bytes(self._salt, "big")
         self.seq = 0  # the last sequence number used
         self.soft_limit = soft_limit
         self.hard_limit = hard_limit
@@ -125,34 +128,37 @@ class OutboundSA:
         """One ESP packet carrying ``payload`` (a whole inner IP packet)."""
         seq = self._next_seq()
         pad = padding_for(len(payload))
-        header = ESP_HEADER.pack(self.spi, seq)
-        iv = seq.to_bytes(IV_LEN, "big")
-        plaintext = bytes(payload) + _PAD[:pad] + bytes((pad, next_header))
-        return header + iv + self._aead.encrypt(self._salt + iv, plaintext, header)
+        header_iv = _HEADER_IV.pack(self.spi, seq, seq)
+        plaintext = b"".join((payload, _PAD[:pad], bytes((pad, next_header))))
+        return header_iv + self._aead.encrypt(_NONCE.pack(self._salt_int, seq), plaintext,
+                                              header_iv[:HEADER_LEN])
 
-    def seal_into(self, out: memoryview, buf: bytearray, length: int,
+    def seal_into(self, out: memoryview, buf: memoryview, length: int,
                   next_header: int = NH_IPV6) -> int:
         """Seal ``buf[:length]`` into ``out``; returns the packet length.
 
-        ``buf`` must have 5 spare bytes after ``length`` (the trailer is written there) and
-        ``out`` room for :func:`sealed_len`. No allocation beyond the nonce.
+        ``buf`` (a writable memoryview) must have 5 spare bytes after ``length`` (the
+        trailer is written there) and ``out`` room for :func:`sealed_len`. Hot path of the
+        datapath: one nonce allocation, everything else written in place.
         """
-        pad = padding_for(length)
+        pad = -(length + TRAILER_MIN) & 3
         end = length + pad + TRAILER_MIN
-        if len(buf) < end or len(out) < end + HEADER_LEN + IV_LEN + ICV_LEN:
+        total = end + HEADER_LEN + IV_LEN + ICV_LEN
+        seq = self.seq
+        if seq >= self.hard_limit:
+            self._next_seq()  # raises SequenceExhaustedError
+        try:
+            if pad:
+                buf[length:length + pad] = _PAD[:pad]
+            buf[end - 2] = pad
+            buf[end - 1] = next_header
+            _HEADER_IV.pack_into(out, 0, self.spi, seq + 1, seq + 1)
+            self._aead.encrypt_into(_NONCE.pack(self._salt_int, seq + 1), buf[:end],
+                                    out[:HEADER_LEN], out[HEADER_LEN + IV_LEN:total])
+        except (ValueError, IndexError, struct.error):  # buffers too small for this packet
             raise DecodeError(f"inner packet of {length} bytes does not fit the buffers",
-                              DropReason.TOO_BIG)
-        seq = self._next_seq()
-        if pad:
-            buf[length:length + pad] = _PAD[:pad]
-        buf[end - 2] = pad
-        buf[end - 1] = next_header
-        ESP_HEADER.pack_into(out, 0, self.spi, seq)
-        iv = seq.to_bytes(IV_LEN, "big")
-        out[HEADER_LEN:HEADER_LEN + IV_LEN] = iv
-        total = HEADER_LEN + IV_LEN + end + ICV_LEN
-        self._aead.encrypt_into(self._salt + iv, memoryview(buf)[:end], out[:HEADER_LEN],
-                                out[HEADER_LEN + IV_LEN:total])
+                              DropReason.TOO_BIG) from None
+        self.seq = seq + 1
         return total
 
 
@@ -168,12 +174,13 @@ class Opened:
 class InboundSA:
     """The receiving half of an SA: replay window, verification, trailer checks."""
 
-    __slots__ = ("_aead", "_salt", "replay", "spi", "suite")
+    __slots__ = ("_aead", "_salt", "_salt_int", "replay", "spi", "suite")
 
     def __init__(self, spi: int, suite: Suite, keymat: bytes, *, window: int = DEFAULT_WINDOW) -> None:
         self.spi = spi
         self.suite = suite
         self._aead, self._salt = make_aead(suite, keymat)
+        self._salt_int = int.from_bytes(self._salt, "big")
         self.replay = ReplayWindow(window)
 
     def open(self, packet: bytes | bytearray | memoryview) -> Opened:
@@ -184,28 +191,40 @@ class InboundSA:
         return Opened(seq, next_header, bytes(out[:length]))
 
     def open_into(self, packet: memoryview, out: memoryview) -> tuple[int, int, int]:
-        """Verify ``packet`` and decrypt it into ``out``: (seq, next header, inner length)."""
+        """Verify ``packet`` and decrypt it into ``out``: (seq, next header, inner length).
+
+        Strict order: length, SPI, replay pre-check, decrypt+verify, window update,
+        padding and next-header checks. Raises only EspError subclasses.
+        """
         n = len(packet)
         if n < MIN_PACKET:
             raise DecodeError(f"ESP packet of {n} bytes is shorter than {MIN_PACKET}",
                               DropReason.TRUNCATED)
-        spi, seq = ESP_HEADER.unpack_from(packet, 0)
+        spi, seq, iv = _HEADER_IV.unpack_from(packet, 0)
         if spi != self.spi:
             raise UnknownSpiError(f"packet SPI {spi:08x} is not this SA's {self.spi:08x}")
-        self.replay.check(seq)
+        replay = self.replay
+        if seq <= replay.top:
+            replay.check(seq)
         ptlen = n - HEADER_LEN - IV_LEN - ICV_LEN
         if len(out) < ptlen:
             raise DecodeError(f"ESP packet of {n} bytes does not fit the buffer", DropReason.TOO_BIG)
         try:
-            self._aead.decrypt_into(self._salt + packet[HEADER_LEN:HEADER_LEN + IV_LEN],
-                                    packet[HEADER_LEN + IV_LEN:], packet[:HEADER_LEN], out[:ptlen])
+            self._aead.decrypt_into(_NONCE.pack(self._salt_int, iv), packet[HEADER_LEN + IV_LEN:],
+                                    packet[:HEADER_LEN], out[:ptlen])
         except InvalidTag:
             raise AuthenticationError(f"ICV check failed for SPI {spi:08x} seq {seq}") from None
-        self.replay.update(seq)
+        top = replay.top
+        if seq > top:  # the common case, inlined: slide the window
+            shift = seq - top
+            replay.bitmap = (((replay.bitmap << shift) | 1) & replay.mask) if shift < replay.size else 1
+            replay.top = seq
+        else:
+            replay.update(seq)
         pad = out[ptlen - 2]
         next_header = out[ptlen - 1]
         length = ptlen - TRAILER_MIN - pad
-        if length < 0 or out[length:ptlen - TRAILER_MIN] != _PAD[:pad]:
+        if pad and (length < 0 or out[length:ptlen - TRAILER_MIN] != _PAD[:pad]):
             raise DecodeError(f"bad padding (pad length {pad}) in SPI {spi:08x} seq {seq}",
                               DropReason.BAD_PADDING)
         if next_header != NH_IPV6 and next_header != NH_IPV4:
@@ -213,4 +232,4 @@ class InboundSA:
                 raise DecodeError("dummy packet (next header 59)", DropReason.DUMMY)
             raise DecodeError(f"next header {next_header} is not IPv6 or IPv4",
                               DropReason.BAD_NEXT_HEADER)
-        return int(seq), int(next_header), length
+        return seq, next_header, length

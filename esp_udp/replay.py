@@ -19,7 +19,7 @@ DEFAULT_WINDOW = 1024
 class ReplayWindow:
     """Sliding window of ``size`` sequence numbers (bitmap in a Python int)."""
 
-    __slots__ = ("_mask", "bitmap", "size", "top")
+    __slots__ = ("bitmap", "mask", "size", "top")
 
     def __init__(self, size: int = DEFAULT_WINDOW) -> None:
         if size < MIN_WINDOW:
@@ -27,7 +27,7 @@ class ReplayWindow:
         self.size = size
         self.top = 0
         self.bitmap = 0
-        self._mask = (1 << size) - 1
+        self.mask = (1 << size) - 1
 
     def check(self, seq: int) -> None:
         """Raise :class:`ReplayError` if ``seq`` must be dropped (before decryption)."""
@@ -45,7 +45,7 @@ class ReplayWindow:
         top = self.top
         if seq > top:
             shift = seq - top
-            self.bitmap = (((self.bitmap << shift) | 1) & self._mask) if shift < self.size else 1
+            self.bitmap = (((self.bitmap << shift) | 1) & self.mask) if shift < self.size else 1
             self.top = seq
             return
         self.check(seq)
