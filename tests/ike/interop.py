@@ -1,0 +1,98 @@
+"""Helpers for the strongSwan interop suite: a topology, our IKE runner as a child process."""
+
+from __future__ import annotations
+
+import json
+import queue
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from tools.netns import Lab, LabError
+from tools.peers.strongswan import Charon, Conn
+
+PSK = b"btmm interop psk: 0123456789abcdef0123456789abcdef"
+BTMM_ID = "imac.bob.members.example"
+SWAN_ID = "swan.bob.members.example"
+BTMM_INNER = "fd00:b0b:1::1"
+SWAN_INNER = "fd00:b0b:1::2"
+
+
+class Runner:
+    """``python -m tools.tunnel_ike`` in a namespace; events read as JSON lines."""
+
+    def __init__(self, lab: Lab, ns: str, tmp: Path, *extra: str, psk: bytes = PSK,
+                 inner: str = BTMM_INNER, ident: str = BTMM_ID) -> None:
+        psk_file = tmp / f"psk-{ns}"
+        psk_file.write_bytes(psk)
+        psk_file.chmod(0o600)
+        argv = [sys.executable, "-m", "tools.tunnel_ike", "--psk-file", str(psk_file), "--id", ident,
+                "--inner", inner, *extra]
+        self.proc = lab.popen(ns, argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              stderr=open(tmp / f"runner-{ns}.err", "wb"),  # noqa: SIM115
+                              cwd=str(Path(__file__).resolve().parents[2]))
+        self.events: queue.SimpleQueue[dict[str, Any]] = queue.SimpleQueue()
+        self.seen: list[dict[str, Any]] = []
+        self.errfile = tmp / f"runner-{ns}.err"
+        threading.Thread(target=self._read, daemon=True).start()
+        self.wait("ready", timeout=20)
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.events.put(json.loads(line))
+
+    def send(self, **cmd: Any) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write((json.dumps(cmd) + "\n").encode())
+        self.proc.stdin.flush()
+
+    def wait(self, event: str, timeout: float = 15.0, **match: Any) -> dict[str, Any]:
+        for e in self.seen:
+            if e["event"] == event and all(e.get(k) == v for k, v in match.items()):
+                self.seen.remove(e)
+                return e
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                e = self.events.get(timeout=0.1)
+            except queue.Empty:
+                continue
+            if e["event"] == event and all(e.get(k) == v for k, v in match.items()):
+                return e
+            self.seen.append(e)
+        err = self.errfile.read_text(errors="replace")[-1500:]
+        raise LabError(f"no {event} {match} within {timeout}s; saw {[x['event'] for x in self.seen][-20:]}"
+                       f"; stderr: {err}")
+
+    def drain(self) -> list[dict[str, Any]]:
+        while True:
+            try:
+                self.seen.append(self.events.get_nowait())
+            except queue.Empty:
+                return self.seen
+
+
+def direct_topology(lab: Lab) -> tuple[str, str, str, str]:
+    """btmm ns ``b`` (198.18.0.1) ↔ strongSwan ns ``s`` (198.18.0.2) on one veth."""
+    b, s = lab.ns("b"), lab.ns("s")
+    lab.veth(b, "vb", s, "vs")
+    lab.addr(b, "vb", "198.18.0.1/24")
+    lab.addr(s, "vs", "198.18.0.2/24")
+    lab.addr(s, "lo", f"{SWAN_INNER}/128")
+    return b, s, "198.18.0.1", "198.18.0.2"
+
+
+def swan_conn(name: str, remote: str, **kw: Any) -> Conn:
+    return Conn(name=name, local_id=SWAN_ID, remote_id=BTMM_ID, local_ts=SWAN_INNER, remote_ts=BTMM_INNER,
+                remote_addrs=remote, **kw)
+
+
+def start_charon(lab: Lab, ns: str, tmp: Path, conns: list[Conn], psk: bytes = PSK) -> Charon:
+    charon = Charon(lab, ns, tmp / f"charon-{ns}")
+    charon.start()
+    charon.load(conns, psk)
+    return charon

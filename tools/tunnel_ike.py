@@ -1,0 +1,452 @@
+"""IKE mode of btmm-tunnel-up: drive ike_lite over the shared UDP port, key esp_udp.
+
+How this works
+--------------
+:class:`IkeService` owns one :class:`ike_lite.IkeEndpoint` and is the only code that
+touches it (one thread: :meth:`IkeService.run`). Datagrams arrive from
+
+* the datapath's worker thread (``on_ike``: IKE with the non-ESP marker on 4500, marker
+  already stripped) — queued and handed over through a wake-up pipe;
+* optionally a plain UDP socket on port 500 (``ike_port``), for initiators that start
+  the standard way (strongSwan's default) before floating to 4500.
+
+Every ike_lite event is applied to the datapath (duck-typed: ``add_peer``, ``rekey``,
+``remove_sa``, ``remove_peer``, ``update_outer``, ``send_ike``) — make-before-break: a
+rekeyed CHILD SA is installed (new inbound, switch outbound) before the old inbound SA is
+removed — and passed to ``on_event`` for records. Without a datapath
+(``transport=UdpTransport``) the service runs IKE only (tests, benchmarks).
+
+``run_ike_mode(args, datapath, out, stop)`` is the hook tools/tunnel_up.py calls for
+``--listen`` and for ``tunnel-endpoint`` records on stdin. ``python -m tools.tunnel_ike``
+runs a service with JSON-lines events on stdout and commands on stdin (used by the
+interop tests and the benchmark).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import queue
+import secrets
+import select
+import socket
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Protocol
+
+from ike_lite import Config, IkeEndpoint
+from ike_lite import events as ev
+from ike_lite.const import NON_ESP_MARKER, DhGroup
+
+Addr = tuple[str, int]
+
+FAILURE_EXIT = {ev.AUTHENTICATION_FAILED: 2}
+
+
+class Transport(Protocol):
+    def send_ike(self, data: bytes, addr: Addr) -> None: ...
+
+
+class UdpTransport:
+    """IKE-only NAT-T socket (no ESP): stands in for the datapath in tests and benchmarks."""
+
+    def __init__(self, bind: str = "0.0.0.0", port: int = 4500) -> None:  # noqa: S104
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+        self.sock.bind((bind, port))
+        self.on_ike: Callable[[bytes, Addr], None] | None = None
+
+    def send_ike(self, data: bytes, addr: Addr) -> None:
+        self.sock.sendto(NON_ESP_MARKER + data, addr)
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def read(self) -> None:
+        for _ in range(256):
+            try:
+                data, addr = self.sock.recvfrom(65536)
+            except BlockingIOError:
+                return
+            if data[:4] == NON_ESP_MARKER and self.on_ike is not None:
+                self.on_ike(data[4:], addr)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+class IkeService:
+    """ike_lite endpoint + I/O + datapath keying. Thread-safe entry points: ``on_ike``,
+    ``initiate``, ``command``, ``stop``; everything else runs in :meth:`run`'s thread."""
+
+    def __init__(self, config: Config, transport: Transport, *, datapath: Any = None,
+                 ike_port: int | None = None, bind: str = "0.0.0.0",  # noqa: S104
+                 on_event: Callable[[ev.Event], None] | None = None,
+                 rng: Callable[[int], bytes] = secrets.token_bytes,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
+        self.endpoint = IkeEndpoint(config, rng, clock())
+        self.transport = transport
+        self.datapath = datapath
+        self.on_event = on_event
+        self._inbox: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
+        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._stop = threading.Event()
+        self.sock500: socket.socket | None = None
+        if ike_port is not None:
+            self.sock500 = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            self.sock500.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            self.sock500.bind((bind, ike_port))
+            self.sock500.setblocking(False)
+        self.inner_of: dict[int, str] = {}
+        self.nat_local: dict[int, bool] = {}
+        self.first_sent: dict[int, float] = {}
+
+    # ------------------------------------------------------------------ thread-safe entry points
+    def on_ike(self, data: bytes, addr: Addr) -> None:
+        """NAT-T IKE datagram (marker stripped), from any thread."""
+        self._post("natt", (data, addr))
+
+    def initiate(self, peer_addr: Addr, peer_id: str | None, peer_inner: str, natt: bool = True) -> None:
+        self._post("initiate", (peer_addr, peer_id, peer_inner, natt))
+
+    def command(self, name: str, handle: int | None = None, **kw: Any) -> None:
+        """rekey-child [pfs], rekey-ike, delete-child, close — for one session or all."""
+        self._post("command", (name, handle, kw))
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake()
+
+    def _post(self, kind: str, item: Any) -> None:
+        self._inbox.put((kind, item))
+        self._wake()
+
+    def _wake(self) -> None:
+        with contextlib.suppress(OSError):
+            os.write(self._wake_w, b"x")
+
+    # ------------------------------------------------------------------ the loop
+    def run(self, stop: threading.Event | None = None, extra_fds: list[Any] | None = None) -> None:
+        fds: list[Any] = [self._wake_r]
+        if self.sock500 is not None:
+            fds.append(self.sock500)
+        fds += extra_fds or []
+        while not self._stop.is_set() and not (stop is not None and stop.is_set()):
+            timer = self.endpoint.get_timer()
+            now = self.clock()
+            timeout = 0.2 if timer is None else min(0.2, max(0.0, timer - now))
+            readable, _, _ = select.select(fds, [], [], timeout)
+            for f in readable:
+                if f is self.sock500:
+                    self._read500()
+                elif f == self._wake_r:
+                    with contextlib.suppress(OSError):
+                        os.read(self._wake_r, 4096)
+                elif hasattr(f, "read"):
+                    f.read()
+            self._drain_inbox()
+            now = self.clock()
+            timer = self.endpoint.get_timer()
+            if timer is not None and timer <= now:
+                self.endpoint.handle_timer(now)
+            self._flush()
+        self.close_all()
+
+    def close_all(self, grace: float = 1.0) -> None:
+        """Delete every IKE SA (best effort, ``grace`` seconds) — a clean exit."""
+        now = self.clock()
+        for handle in self.endpoint.sessions():
+            with contextlib.suppress(Exception):
+                self.endpoint.close(handle, now)
+        self._flush()
+        deadline = self.clock() + grace
+        while self.endpoint.sessions() and self.clock() < deadline:
+            time.sleep(0.02)
+            self._drain_inbox()
+            self.endpoint.handle_timer(self.clock())
+            self._flush()
+
+    def _read500(self) -> None:
+        assert self.sock500 is not None
+        for _ in range(256):
+            try:
+                data, addr = self.sock500.recvfrom(65536)
+            except BlockingIOError:
+                return
+            self.endpoint.receive_datagram(data, addr, self.clock(), natt=False)
+
+    def _drain_inbox(self) -> None:
+        while True:
+            try:
+                kind, item = self._inbox.get_nowait()
+            except queue.Empty:
+                return
+            now = self.clock()
+            if kind == "natt":
+                data, addr = item
+                self.endpoint.receive_datagram(NON_ESP_MARKER + data, addr, now, natt=True)
+            elif kind == "initiate":
+                peer_addr, peer_id, peer_inner, natt = item
+                handle = self.endpoint.initiate(peer_addr, peer_id, peer_inner, now, natt=natt)
+                self.first_sent[handle] = now
+                self.inner_of[handle] = peer_inner
+            elif kind == "command":
+                self._command(now, *item)
+            self._flush()
+
+    def _command(self, now: float, name: str, handle: int | None, kw: dict[str, Any]) -> None:
+        handles = [handle] if handle is not None else self.endpoint.sessions()
+        for h in handles:
+            try:
+                if name == "rekey-child":
+                    pfs = kw.get("pfs")
+                    self.endpoint.rekey_child(h, now, DhGroup(pfs) if isinstance(pfs, int) and
+                                              not isinstance(pfs, bool) else pfs)
+                elif name == "rekey-ike":
+                    self.endpoint.rekey_ike(h, now)
+                elif name == "delete-child":
+                    self.endpoint.delete_child(h, now)
+                elif name == "close":
+                    self.endpoint.close(h, now)
+            except Exception as exc:
+                self._deliver(ev.Dropped(h, f"command {name} failed: {exc}", ("", 0)))
+
+    def _flush(self) -> None:
+        for d in self.endpoint.datagrams_to_send(self.clock()):
+            try:
+                if d.natt:
+                    self.transport.send_ike(d.data[4:], d.addr)
+                elif self.sock500 is not None:
+                    self.sock500.sendto(d.data, d.addr)
+                else:
+                    self._deliver(ev.Dropped(0, "no port-500 socket for a non-NAT-T datagram", d.addr))
+            except OSError as exc:
+                self._deliver(ev.Dropped(0, f"send to {ev.fmt_addr(d.addr)} failed: {exc.strerror}", d.addr))
+        while (e := self.endpoint.next_event()) is not None:
+            self._apply(e)
+            self._deliver(e)
+
+    def _deliver(self, e: ev.Event) -> None:
+        if self.on_event is not None:
+            self.on_event(e)
+
+    # ------------------------------------------------------------------ datapath keying
+    def _apply(self, e: ev.Event) -> None:
+        if isinstance(e, ev.IkeSaUp):
+            self.nat_local[e.handle] = e.nat_local
+        if self.datapath is None:
+            return
+        from esp_udp.sa import SAParams  # tools may import esp_udp; ike_lite never does
+
+        try:
+            if isinstance(e, ev.ChildSaUp):
+                params = SAParams.from_json(e.child.as_dict())
+                self.inner_of[e.handle] = e.child.inner
+                if e.rekey_of is None:
+                    self.datapath.add_peer(params, keepalive=self.nat_local.get(e.handle, False))
+                else:
+                    self.datapath.rekey(params, linger=60.0)
+            elif isinstance(e, ev.ChildSaDown):
+                if e.reason == ev.REKEYED:
+                    self.datapath.remove_sa(int.from_bytes(e.spi_in, "big"))
+                else:
+                    self.datapath.remove_peer(e.inner)
+            elif isinstance(e, ev.PeerAddressChanged) and e.handle in self.inner_of:
+                self.datapath.update_outer(self.inner_of[e.handle], e.peer_addr)
+        except Exception as exc:
+            self._deliver(ev.Dropped(e.handle, f"datapath refused {type(e).__name__}: {exc}", ("", 0)))
+
+
+# ---------------------------------------------------------------------------- records
+def event_record(e: ev.Event) -> dict[str, Any] | None:
+    """The JSON-able form of an event (no keys), for records and the test runner."""
+    base: dict[str, Any] = {"event": type(e).__name__, "handle": e.handle}
+    if isinstance(e, ev.IkeSaUp):
+        base.update(peer=ev.fmt_addr(e.peer_addr), peer_id=e.peer_id, suite=e.suite, initiator=e.initiator,
+                    spi_i=e.spi_i.hex(), spi_r=e.spi_r.hex(), nat_local=e.nat_local, nat_remote=e.nat_remote)
+    elif isinstance(e, ev.ChildSaUp):
+        c = e.child
+        base.update(inner=c.inner, outer=ev.fmt_addr(c.outer), suite=c.suite, spi_in=c.spi_in.hex(),
+                    spi_out=c.spi_out.hex(), rekey_of=e.rekey_of.hex() if e.rekey_of else None,
+                    setup_ms=round(e.setup_s * 1000, 3) if e.setup_s is not None else None)
+    elif isinstance(e, ev.ChildSaDown):
+        base.update(inner=e.inner, spi_in=e.spi_in.hex(), spi_out=e.spi_out.hex(), reason=e.reason)
+    elif isinstance(e, ev.IkeSaDown | ev.ChildSaFailed):
+        base.update(reason=e.reason, message=e.message)
+        if isinstance(e, ev.IkeSaDown):
+            base.update(peer=ev.fmt_addr(e.peer_addr), peer_id=e.peer_id, established=e.established)
+    elif isinstance(e, ev.IkeSaRekeyed):
+        base.update(spi_i=e.spi_i.hex(), spi_r=e.spi_r.hex())
+    elif isinstance(e, ev.PeerAddressChanged):
+        base.update(peer=ev.fmt_addr(e.peer_addr))
+    elif isinstance(e, ev.Dropped):
+        base.update(reason=e.reason, peer=ev.fmt_addr(e.peer_addr))
+    elif isinstance(e, ev.MessageLogged):
+        base.update(direction=e.direction, exchange=e.exchange, message_id=e.message_id,
+                    response=e.response, payloads=list(e.payloads), length=e.length)
+    return base
+
+
+def parse_addr(text: str, default_port: int = 4500) -> Addr:
+    host, sep, port = text.rpartition(":")
+    if not sep:
+        return text, default_port
+    return host.strip("[]"), int(port)
+
+
+# ---------------------------------------------------------------------------- tunnel_up hook
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("IKE mode")
+    group.add_argument("--ike-port", type=int, default=None, metavar="PORT",
+                       help="also answer IKE on this plain UDP port (500: initiators that start there)")
+    group.add_argument("--dpd", type=float, default=30.0, metavar="SEC",
+                       help="liveness check after SEC s without a message from the peer (default 30)")
+    group.add_argument("--pfs", action="store_true", help="use a fresh DH exchange for CHILD SA rekeys")
+
+
+def run_ike_mode(args: argparse.Namespace, datapath: Any, out: Any, stop: threading.Event) -> int:
+    """The hook tools/tunnel_up.py calls (see its ``IkeMode`` docstring)."""
+    from tools.account_file import load_host
+    from tools.cli import EXIT_OK, EXIT_PARTIAL, error_record, make_record, read_records
+
+    host = load_host(getattr(args, "account", None), getattr(args, "host", None),
+                     getattr(args, "state_dir", None))
+    config = Config(psk=host.account.ike_psk, local_id=host.fqdn, local_inner=str(host.ula),
+                    dpd_interval=getattr(args, "dpd", 30.0),
+                    pfs_group=DhGroup.CURVE25519 if getattr(args, "pfs", False) else None)
+    failures = 0
+    inputs: dict[int, dict[str, Any]] = {}
+
+    def on_event(e: ev.Event) -> None:
+        nonlocal failures
+        rec = event_record(e) or {}
+        if isinstance(e, ev.ChildSaUp):
+            state = "rekeyed" if e.rekey_of else "up"
+            out.emit(make_record("tunnel", state=state, peer=e.child.inner, inner_local=e.child.local_inner,
+                                 inner_remote=e.child.inner, outer=rec["outer"], spi_in=rec["spi_in"],
+                                 spi_out=rec["spi_out"], suite=e.child.suite, setup_ms=rec["setup_ms"]))
+        elif isinstance(e, ev.IkeSaDown):
+            if e.established:
+                out.emit(make_record("tunnel", state="down", peer=e.peer_id, reason=e.reason,
+                                     message=e.message, outer=rec["peer"]))
+            else:
+                failures += 1
+                out.warn(e.message)
+                out.emit(error_record("btmm-tunnel-up", e.message, inputs.get(e.handle), reason=e.reason))
+        elif isinstance(e, ev.ChildSaFailed):
+            out.warn(e.message)
+        elif isinstance(e, ev.Dropped):
+            out.explain(f"dropped from {rec['peer']}: {e.reason}")
+        elif isinstance(e, ev.IkeSaUp):
+            out.explain(f"IKE SA up with {e.peer_id} at {rec['peer']} ({e.suite})")
+
+    service = IkeService(config, datapath, datapath=datapath, ike_port=getattr(args, "ike_port", None),
+                         on_event=on_event)
+    datapath.on_ike = service.on_ike
+    if not getattr(args, "listen", False):
+        for record in read_records(sys.stdin, "btmm-tunnel-up"):
+            if record.get("type") != "tunnel-endpoint":
+                out.emit(record)
+                continue
+            try:
+                addr = (str(record["outer_address"]), int(record.get("outer_port", 4500)))
+                service.initiate(addr, str(record.get("ike_id") or record["host"]), str(record["inner"]))
+            except (KeyError, ValueError) as exc:
+                failures += 1
+                out.emit(error_record("btmm-tunnel-up", f"tunnel-endpoint record lacks {exc}", record))
+    service.run(stop)
+    return EXIT_PARTIAL if failures else EXIT_OK
+
+
+# ---------------------------------------------------------------------------- test/bench runner
+def _runner_main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m tools.tunnel_ike",
+                                description="ike_lite service with JSON-lines events (tests, benchmarks)")
+    p.add_argument("--psk-file", required=True)
+    p.add_argument("--id", required=True)
+    p.add_argument("--inner", required=True)
+    p.add_argument("--port", type=int, default=4500)
+    p.add_argument("--ike-port", type=int, default=None)
+    p.add_argument("--datapath", action="store_true", help="key a real esp_udp Datapath (TUN)")
+    p.add_argument("--tun", default="btmm0")
+    p.add_argument("--dpd", type=float, default=None)
+    p.add_argument("--ike-encr", default="aes256gcm16,chacha20poly1305")
+    p.add_argument("--esp-encr", default="aes256gcm16,chacha20poly1305")
+    p.add_argument("--groups", default="31,19,14")
+    p.add_argument("--cookie-threshold", type=int, default=100)
+    p.add_argument("--log-messages", action="store_true")
+    args = p.parse_args(argv)
+    psk = Path(args.psk_file).read_bytes()
+    config = Config(psk=psk, local_id=args.id, local_inner=args.inner, dpd_interval=args.dpd,
+                    ike_encr=tuple(args.ike_encr.split(",")), esp_encr=tuple(args.esp_encr.split(",")),
+                    groups=tuple(DhGroup(int(g)) for g in args.groups.split(",")),
+                    cookie_threshold=args.cookie_threshold, log_messages=args.log_messages,
+                    retransmit_timeout=0.5, retransmit_tries=4)
+    lock = threading.Lock()
+
+    def emit(obj: dict[str, Any]) -> None:
+        with lock:
+            sys.stdout.write(json.dumps(obj) + "\n")
+            sys.stdout.flush()
+
+    def on_event(e: ev.Event) -> None:
+        rec = event_record(e)
+        if rec is not None:
+            rec["t"] = time.monotonic()
+            emit(rec)
+
+    dp: Any = None
+    transport: Any
+    extra: list[Any] = []
+    if args.datapath:
+        from esp_udp.datapath import Datapath
+
+        dp = Datapath(args.inner, port=args.port, tun_name=args.tun)
+        dp.start()
+        transport = dp
+    else:
+        transport = UdpTransport(port=args.port)
+        transport.sock.setblocking(False)
+        extra.append(transport)
+    service = IkeService(config, transport, datapath=dp, ike_port=args.ike_port, on_event=on_event)
+    if dp is not None:
+        dp.on_ike = service.on_ike
+    else:
+        transport.on_ike = lambda data, addr: service.endpoint.receive_datagram(
+            NON_ESP_MARKER + data, addr, time.monotonic(), natt=True)
+
+    def commands() -> None:
+        for line in sys.stdin:
+            try:
+                cmd = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if cmd.get("cmd") == "initiate":
+                service.initiate(parse_addr(cmd["addr"]), cmd.get("peer_id"), cmd["inner"],
+                                 natt=cmd.get("natt", True))
+            elif cmd.get("cmd") == "quit":
+                break
+            else:
+                service.command(cmd["cmd"], cmd.get("handle"), **cmd.get("args", {}))
+        service.stop()
+
+    threading.Thread(target=commands, daemon=True).start()
+    emit({"event": "ready", "port": args.port, "t": time.monotonic()})
+    try:
+        service.run(extra_fds=extra)
+    finally:
+        if dp is not None:
+            dp.close()
+    emit({"event": "stopped"})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_runner_main())
