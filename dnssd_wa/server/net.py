@@ -196,6 +196,7 @@ class Server:
             udp = UdpListener(self.core, loop, address)
             self.udp.append(udp)
             self.listeners.append({"proto": "udp", "address": udp.address})
+            port = int(udp.address.rpartition(":")[2])  # port 0: TCP follows UDP's port
             tcp = await asyncio.start_server(lambda r, w: self._stream(r, w, "tcp"), host, port,
                                              reuse_address=True)
             self.servers.append(tcp)

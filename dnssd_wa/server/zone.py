@@ -129,7 +129,7 @@ class Zone:
 
     def install_server_records(self, ns_addresses: list[str], tls_port: int | None) -> None:
         """(Re)create SOA, NS, the name server's address and the service SRV records."""
-        for name in list(self.server_names):
+        for name in [self.origin, *self.server_names]:
             node = self.nodes.get(name)
             if node is None:
                 continue
