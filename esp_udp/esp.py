@@ -124,14 +124,21 @@ class OutboundSA:
         self.seq += 1
         return self.seq
 
-    def seal(self, payload: bytes | bytearray | memoryview, next_header: int = NH_IPV6) -> bytes:
-        """One ESP packet carrying ``payload`` (a whole inner IP packet)."""
+    def seal(self, payload: bytes | bytearray | memoryview, next_header: int = NH_IPV6, *,
+             iv: bytes | None = None) -> bytes:
+        """One ESP packet carrying ``payload`` (a whole inner IP packet).
+
+        ``iv`` overrides the counter IV (only for published test vectors: an IV must
+        never repeat under one key).
+        """
         seq = self._next_seq()
         pad = padding_for(len(payload))
-        header_iv = _HEADER_IV.pack(self.spi, seq, seq)
+        header = ESP_HEADER.pack(self.spi, seq)
+        iv_bytes = seq.to_bytes(IV_LEN, "big") if iv is None else iv
+        if len(iv_bytes) != IV_LEN:
+            raise ConfigError(f"IV must be {IV_LEN} bytes")
         plaintext = b"".join((payload, _PAD[:pad], bytes((pad, next_header))))
-        return header_iv + self._aead.encrypt(_NONCE.pack(self._salt_int, seq), plaintext,
-                                              header_iv[:HEADER_LEN])
+        return b"".join((header, iv_bytes, self._aead.encrypt(self._salt + iv_bytes, plaintext, header)))
 
     def seal_into(self, out: memoryview, buf: memoryview, length: int,
                   next_header: int = NH_IPV6) -> int:
