@@ -131,6 +131,7 @@ class HomeRouter:
     lan_ns: str = field(init=False)
     miniupnpd: subprocess.Popen[bytes] | None = field(init=False, default=None)
     _sink: subprocess.Popen[bytes] | None = field(init=False, default=None)
+    started_at: float = field(init=False, default=0.0)  # time.monotonic() when miniupnpd answered
 
     WAN_IF = "wan0"
     LAN_IF = "lan0"
@@ -248,9 +249,10 @@ class HomeRouter:
         finally:
             err.close()
         self._wait_ready(timeout)
+        self.started_at = time.monotonic()
 
     def _wait_ready(self, timeout: float) -> None:
-        """Ready = the NAT-PMP socket is bound and an external-address request is answered."""
+        """Ready = UDP 5351 is bound (miniupnpd binds it after its STUN check)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             proc = self.miniupnpd
