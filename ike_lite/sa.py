@@ -421,6 +421,7 @@ class IkeSa:
             self._natd(True),
         ]
         self.state = State.INIT_SENT
+        self.next_id_out = 0
         self._send_request(Task.INIT, ExchangeType.IKE_SA_INIT, payloads, now)
 
     def _on_init_response(self, msg: Message, now: float) -> None:

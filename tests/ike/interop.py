@@ -32,7 +32,7 @@ class Runner:
         argv = [sys.executable, "-m", "tools.tunnel_ike", "--psk-file", str(psk_file), "--id", ident,
                 "--inner", inner, *extra]
         self.proc = lab.popen(ns, argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                              stderr=open(tmp / f"runner-{ns}.err", "wb"),  # noqa: SIM115
+                              stderr=open(tmp / f"runner-{ns}.err", "wb"),
                               cwd=str(Path(__file__).resolve().parents[2]))
         self.events: queue.SimpleQueue[dict[str, Any]] = queue.SimpleQueue()
         self.seen: list[dict[str, Any]] = []

@@ -21,22 +21,33 @@ def seeded_rng(seed: int) -> Callable[[int], bytes]:
     return lambda n: gen.randbytes(n)
 
 
-def config(local_id: str, inner: str, **kw: object) -> Config:
-    base = Config(psk=PSK, local_id=local_id, local_inner=inner, dpd_interval=None,
-                  ike_rekey_time=None, child_rekey_time=None, keepalive_interval=None,
-                  log_messages=True)
+def config(ident: str, inner: str, **kw: object) -> Config:
+    base = Config(
+        psk=PSK,
+        local_id=ident,
+        local_inner=inner,
+        dpd_interval=None,
+        ike_rekey_time=None,
+        child_rekey_time=None,
+        keepalive_interval=None,
+        log_messages=True,
+    )
     return replace(base, **kw)  # type: ignore[arg-type]
 
 
 class Pair:
     """Endpoint ``a`` (initiator by default) at A_ADDR and ``b`` at B_ADDR."""
 
-    def __init__(self, a_kw: dict[str, object] | None = None, b_kw: dict[str, object] | None = None,
-                 seed: int = 1) -> None:
+    def __init__(
+        self, a_kw: dict[str, object] | None = None, b_kw: dict[str, object] | None = None, seed: int = 1
+    ) -> None:
         self.now = 1000.0
-        self.a = IkeEndpoint(config("a.bob.members.example", A_INNER, **(a_kw or {})), seeded_rng(seed), self.now)
-        self.b = IkeEndpoint(config("b.bob.members.example", B_INNER, **(b_kw or {})),
-                             seeded_rng(seed + 1000), self.now)
+        self.a = IkeEndpoint(
+            config("a.bob.members.example", A_INNER, **(a_kw or {})), seeded_rng(seed), self.now
+        )
+        self.b = IkeEndpoint(
+            config("b.bob.members.example", B_INNER, **(b_kw or {})), seeded_rng(seed + 1000), self.now
+        )
         self.events: dict[str, list[ev.Event]] = {"a": [], "b": []}
         self.drop: Callable[[str, Datagram], bool] = lambda side, d: False
         self.wire: list[tuple[str, Datagram]] = []
