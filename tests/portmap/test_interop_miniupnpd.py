@@ -124,7 +124,7 @@ class Watcher:
 
     def __init__(self, t: Topology, ns: str, *args: str) -> None:
         self.t = t
-        self.proc = t.lab.popen(ns, [MAP_PORT, "--json", "--watch", "--state-dir", str(t.state_dir), *args],
+        self.proc = t.lab.popen(ns, [MAP_PORT, "--state-dir", str(t.state_dir), *args],
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=_env())
         self.sel = selectors.DefaultSelector()
         assert self.proc.stdout is not None
@@ -140,8 +140,8 @@ class Watcher:
         record: dict[str, Any] = json.loads(line)
         return record
 
-    def stop(self) -> int:
-        self.proc.send_signal(signal.SIGTERM)
+    def stop(self, sig: int = signal.SIGTERM) -> int:
+        self.proc.send_signal(sig)
         return self.proc.wait(timeout=15)
 
     def stderr(self) -> str:
@@ -172,7 +172,7 @@ def test_map_once_reports_external_address_and_installs_the_rule(topo: Topology,
 
 
 def test_datagram_from_the_peer_reaches_udp_4500_and_delete_on_exit(topo: Topology) -> None:
-    watcher = Watcher(topo, topo.home.lan_ns)
+    watcher = Watcher(topo, topo.home.lan_ns)  # stdout is a pipe: JSON lines and --watch by default
     record = watcher.next_record()
     assert (record["external_port"], record["state"]) == (4500, "mapped")
     reply = probe(topo, record["external_address"], record["external_port"], src_port=40001)
@@ -184,7 +184,7 @@ def test_datagram_from_the_peer_reaches_udp_4500_and_delete_on_exit(topo: Topolo
 
 
 def test_router_restart_is_noticed_and_the_mapping_recreated(topo: Topology) -> None:
-    watcher = Watcher(topo, topo.home.lan_ns, "--lifetime", "3600")
+    watcher = Watcher(topo, topo.home.lan_ns, "--watch", "--json", "--lifetime", "3600")
     first = watcher.next_record()
     assert first["state"] == "mapped"
     # RFC 6887 §8.5 tolerates 2 s of epoch drift: let miniupnpd run long enough that a
@@ -198,7 +198,7 @@ def test_router_restart_is_noticed_and_the_mapping_recreated(topo: Topology) -> 
     assert "dport 4500 dnat" in topo.home.rules()
     reply = probe(topo, second["external_address"], 4500, src_port=40003)
     assert reply.startswith("pong:ping"), reply
-    assert watcher.stop() == 0
+    assert watcher.stop(signal.SIGINT) == 0
     assert "the router restarted" in watcher.stderr()
 
 
