@@ -55,7 +55,7 @@ import dns.wire
 from dnssd_wa import push
 from dnssd_wa.server.keys import KeyEntry, RateLimiter
 from dnssd_wa.server.store import Change, Store
-from dnssd_wa.server.zone import Rec, Zone, answer, find_zone
+from dnssd_wa.server.zone import Rec, Zone, answer, canon, find_zone
 
 LEASE_OPTION = 2
 LEASE_OTYPE = dns.edns.OptionType.make(LEASE_OPTION)
@@ -88,16 +88,39 @@ class UpdateFailed(Exception):
 
 @dataclass
 class _Work:
-    """Working copy of one RRset during an UPDATE."""
+    """One RRset during an UPDATE: the live records plus this update's overlay.
+
+    ``overlay`` maps canonical rdata to the record's new state (None = deleted);
+    ``cleared`` means the whole live RRset was deleted first. Nothing live is touched
+    until the change is durable.
+    """
 
     name: dns.name.Name
     rdtype: int
-    recs: dict[bytes, Rec]  # canonical rdata -> record (rid 0 while new)
-    original: dict[int, tuple[int, float | None]]  # rid -> (ttl, expires) before
+    base: dict[bytes, Rec]
+    overlay: dict[bytes, Rec | None] = field(default_factory=dict)
+    cleared: bool = False
+
+    def get(self, key: bytes) -> Rec | None:
+        if key in self.overlay:
+            return self.overlay[key]
+        return None if self.cleared else self.base.get(key)
+
+    def clear(self) -> None:
+        self.cleared = True
+        self.overlay.clear()
+
+    def deleted(self) -> list[Rec]:
+        keys = self.base.keys() if self.cleared else self.overlay.keys() & self.base.keys()
+        out = []
+        for key in keys:
+            new = self.get(key)
+            if new is None or new.rid != self.base[key].rid:
+                out.append(self.base[key])
+        return out
 
 
-def _canon(rdata: dns.rdata.Rdata) -> bytes:
-    return rdata.to_digestable()
+_canon = canon
 
 
 def _next_serial(serial: int) -> int:
@@ -346,7 +369,7 @@ class ServerCore:
                     raise UpdateFailed(dns.rcode.FORMERR, "value prerequisite with TTL or meta type")
                 wanted.setdefault((name, rdtype), set()).update(_canon(rd) for rd in rrset)
         for (name, rdtype), want in wanted.items():
-            have = {_canon(rec.rdata) for rec in zone.rrset(name, rdtype)}
+            have = set(zone.rrset(name, rdtype))
             if have != want:
                 raise UpdateFailed(dns.rcode.NXRRSET, f"prerequisite: {name} {_t(rdtype)} differs")
 
@@ -379,9 +402,7 @@ class ServerCore:
             if found is None:
                 existing = zone.rrset(name, rdtype)
                 owner = zone.nodes[name].name if existing else name
-                found = _Work(owner, rdtype, {_canon(r.rdata): r for r in existing},
-                              {r.rid: (r.ttl, r.expires) for r in existing})
-                works[(name, rdtype)] = found
+                found = works[(name, rdtype)] = _Work(owner, rdtype, existing)
             return found
 
         for rrset in msg.update:
@@ -390,64 +411,64 @@ class ServerCore:
                 w = work(name, rdtype)
                 for rd in rrset:
                     key = _canon(rd)
-                    old = w.recs.get(key)
+                    old = w.get(key)
                     if old is not None and old.rid:
-                        w.recs[key] = Rec(old.rdata, rrset.ttl, expires, old.rid)
+                        w.overlay[key] = Rec(old.rdata, rrset.ttl, expires, old.rid)
                     else:
-                        w.recs[key] = Rec(rd, rrset.ttl, expires, 0)
+                        w.overlay[key] = Rec(rd, rrset.ttl, expires, 0)
             elif rrset.deleting == dns.rdataclass.ANY:
                 if rdtype == dns.rdatatype.ANY:
                     node = zone.node(name)
                     types = set(node.rrsets) if node else set()
                     types |= {t for (n, t) in works if n == name}
                     for t in types:
-                        work(name, t).recs.clear()
+                        work(name, t).clear()
                 else:
-                    work(name, rdtype).recs.clear()
+                    work(name, rdtype).clear()
             else:
                 w = work(name, rdtype)
                 for rd in rrset:
-                    w.recs.pop(_canon(rd), None)
+                    key = _canon(rd)
+                    if w.get(key) is not None:
+                        w.overlay[key] = None
         return list(works.values())
 
     def _commit(self, zone: Zone, works: list[_Work]) -> str:
         zone_text = zone.origin.to_text()
         inserts: list[tuple[str, dns.name.Name, dns.rdata.Rdata, int, float | None]] = []
         new_recs: list[tuple[dns.name.Name, Rec]] = []
-        deletes: list[tuple[dns.name.Name, int]] = []
-        updates: list[tuple[int, int, float | None]] = []
+        deletes: list[tuple[dns.name.Name, Rec]] = []
+        updates: list[tuple[dns.name.Name, Rec, Rec]] = []  # name, live record, new state
         changed_ttl = False
         for w in works:
-            kept = {r.rid for r in w.recs.values() if r.rid}
-            deletes.extend((w.name, rid) for rid in w.original if rid not in kept)
-            for rec in w.recs.values():
+            deletes.extend((w.name, rec) for rec in w.deleted())
+            for key, rec in w.overlay.items():
+                if rec is None:
+                    continue
                 if not rec.rid:
                     inserts.append((zone_text, w.name, rec.rdata, rec.ttl, rec.expires))
                     new_recs.append((w.name, rec))
-                elif w.original[rec.rid] != (rec.ttl, rec.expires):
-                    updates.append((rec.rid, rec.ttl, rec.expires))
-                    changed_ttl = changed_ttl or w.original[rec.rid][0] != rec.ttl
+                    continue
+                live = w.base[key]
+                if (live.ttl, live.expires) != (rec.ttl, rec.expires):
+                    updates.append((w.name, live, rec))
+                    changed_ttl = changed_ttl or live.ttl != rec.ttl
         changed = bool(inserts or deletes or changed_ttl)
-        serial = _next_serial(zone.serial) if changed else zone.serial
         if not (inserts or deletes or updates):
             return "no change"
-        ids = self.store.apply(Change(inserts, [rid for _, rid in deletes], updates,
+        serial = _next_serial(zone.serial) if changed else zone.serial
+        ids = self.store.apply(Change(inserts, [rec.rid for _, rec in deletes],
+                                      [(live.rid, new.ttl, new.expires) for _, live, new in updates],
                                       {zone_text: serial} if changed else {}))
         # durable: now change memory
         pushes: list[push.PushRecord] = []
-        by_rid: dict[int, tuple[dns.name.Name, Rec]] = {}
-        for w in works:
-            for rec in zone.rrset(w.name, w.rdtype):
-                by_rid[rec.rid] = (w.name, rec)
-        for name, rid in deletes:
-            _, rec = by_rid[rid]
+        for name, rec in deletes:
             zone.remove(name, rec)
             pushes.append(push.remove(name, rec.rdata))
-        for rid, ttl, expires in updates:
-            name, rec = by_rid[rid]
-            rec.ttl, rec.expires = ttl, expires
-            if expires is not None:
-                self._schedule(zone, name, rec)
+        for name, live, new in updates:
+            live.ttl, live.expires = new.ttl, new.expires
+            if live.expires is not None:
+                self._schedule(zone, name, live)
         for (name, rec), rid in zip(new_recs, ids, strict=True):
             rec.rid = rid
             zone.add(name, rec)
@@ -459,7 +480,7 @@ class ServerCore:
             self.udp_cache = {}
         self._notify(pushes)
         parts = [f"add {n} {_t(r.rdata.rdtype)}" for n, r in new_recs]
-        parts += [f"del {n} {_t(by_rid[rid][1].rdata.rdtype)}" for n, rid in deletes]
+        parts += [f"del {n} {_t(r.rdata.rdtype)}" for n, r in deletes]
         if updates and not parts:
             parts.append(f"refresh {len(updates)} records")
         return "; ".join(parts[:6]) + (f"; … ({len(parts)} changes)" if len(parts) > 6 else "")
@@ -480,7 +501,7 @@ class ServerCore:
         due: list[tuple[Zone, dns.name.Name, Rec]] = []
         while self._leases and self._leases[0][0] <= now:
             when, _, zone, name, rec = heapq.heappop(self._leases)
-            if rec.expires != when or not any(r is rec for r in zone.rrset(name, rec.rdata.rdtype)):
+            if rec.expires != when or not zone.holds(name, rec):
                 continue  # refreshed or deleted since
             due.append((zone, name, rec))
         if not due:
@@ -517,7 +538,7 @@ class ServerCore:
         if node is not None:
             for t, recs in node.rrsets.items():
                 if rdtype in (t, dns.rdatatype.ANY):
-                    current.extend(push.add(node.name, rec.rdata, rec.ttl) for rec in recs)
+                    current.extend(push.add(node.name, rec.rdata, rec.ttl) for rec in recs.values())
         return dns.rcode.NOERROR, sub_id, current
 
     def unsubscribe(self, name: dns.name.Name, rdtype: int, sub_id: int) -> None:

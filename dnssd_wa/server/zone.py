@@ -4,10 +4,11 @@ How this works
 --------------
 A :class:`Zone` holds :class:`Node` objects keyed by ``dns.name.Name`` (whose hash and
 equality ignore case, so lookups are case-insensitive while each node keeps the owner
-name as first registered — case preserved). A node maps an rdata type to a list of
-:class:`Rec` (rdata, TTL, lease expiry, store row id). Names that exist only because
-something lives below them (empty non-terminals such as ``_tcp.<zone>``) are counted in
-``Zone.ent`` so that they answer NODATA, not NXDOMAIN (RFC 8020).
+name as first registered — case preserved). A node maps an rdata type to a dict of
+:class:`Rec` (rdata, TTL, lease expiry, store row id) keyed by the rdata's canonical form
+(RFC 4034 §6.2, what RFC 2136 compares), so a change to a 10,000-record RRset is O(1).
+Names that exist only because something lives below them (empty non-terminals such
+as ``_tcp.<zone>``) are counted in ``Zone.ent`` so that they answer NODATA, not NXDOMAIN (RFC 8020).
 
 Server-owned records (SOA, NS, the name server's address, and the
 ``_dns-update-tls._tcp`` / ``_dns-push-tls._tcp`` SRV records) are synthesised from the
@@ -52,7 +53,7 @@ class Rec:
 @dataclass(slots=True)
 class Node:
     name: dns.name.Name
-    rrsets: dict[int, list[Rec]] = field(default_factory=dict)
+    rrsets: dict[int, dict[bytes, Rec]] = field(default_factory=dict)
 
 
 @dataclass
@@ -74,17 +75,21 @@ class Zone:
             node = Node(name)
             self.nodes[name] = node
             self._ent_adjust(name, +1)
-        node.rrsets.setdefault(rec.rdata.rdtype, []).append(rec)
-        self.records += 1
+        recs = node.rrsets.setdefault(rec.rdata.rdtype, {})
+        key = canon(rec.rdata)
+        if key not in recs:
+            self.records += 1
+        recs[key] = rec
 
     def remove(self, name: dns.name.Name, rec: Rec) -> bool:
         node = self.nodes.get(name)
         if node is None:
             return False
         recs = node.rrsets.get(rec.rdata.rdtype)
-        if not recs or rec not in recs:
+        key = canon(rec.rdata)
+        if not recs or recs.get(key) is not rec:
             return False
-        recs.remove(rec)
+        del recs[key]
         self.records -= 1
         if not recs:
             del node.rrsets[rec.rdata.rdtype]
@@ -108,16 +113,20 @@ class Zone:
     def exists(self, name: dns.name.Name) -> bool:
         return name in self.nodes or name in self.ent or name == self.origin
 
-    def rrset(self, name: dns.name.Name, rdtype: int) -> list[Rec]:
+    def rrset(self, name: dns.name.Name, rdtype: int) -> dict[bytes, Rec]:
+        """The live records of one RRset by canonical rdata (do not mutate; empty if none)."""
         node = self.nodes.get(name)
         if node is None:
-            return []
-        return node.rrsets.get(rdtype, [])
+            return {}
+        return node.rrsets.get(rdtype, {})
+
+    def holds(self, name: dns.name.Name, rec: Rec) -> bool:
+        return self.rrset(name, rec.rdata.rdtype).get(canon(rec.rdata)) is rec
 
     def all_records(self) -> Iterator[tuple[dns.name.Name, Rec]]:
         for node in self.nodes.values():
             for recs in node.rrsets.values():
-                for rec in recs:
+                for rec in recs.values():
                     yield node.name, rec
 
     # -- server-owned records ----------------------------------------------------------
@@ -134,7 +143,7 @@ class Zone:
             if node is None:
                 continue
             for recs in list(node.rrsets.values()):
-                for rec in list(recs):
+                for rec in list(recs.values()):
                     if rec.rid == 0:
                         self.remove(name, rec)
         self.server_names.clear()
@@ -158,9 +167,12 @@ class Zone:
 
     def set_serial(self, serial: int) -> None:
         self.serial = serial
-        recs = self.rrset(self.origin, dns.rdatatype.SOA)
+        node = self.nodes.get(self.origin)
+        recs = node.rrsets.get(dns.rdatatype.SOA) if node is not None else None
         if recs:
-            recs[0].rdata = self.soa_rdata()
+            recs.clear()
+            soa = self.soa_rdata()
+            recs[canon(soa)] = Rec(soa, SOA_TTL, None, 0)
 
     def soa_rrset(self, ttl: int | None = None) -> dns.rrset.RRset:
         rrset = dns.rrset.RRset(self.origin, dns.rdataclass.IN, dns.rdatatype.SOA)
@@ -180,9 +192,14 @@ def find_zone(zones: dict[dns.name.Name, Zone], name: dns.name.Name) -> Zone | N
         candidate = candidate.parent()
 
 
-def to_rrset(name: dns.name.Name, rdtype: int, recs: list[Rec]) -> dns.rrset.RRset:
+def canon(rdata: dns.rdata.Rdata) -> bytes:
+    """The canonical wire form of an rdata (names lower-cased), the identity RFC 2136 uses."""
+    return rdata.to_digestable()
+
+
+def to_rrset(name: dns.name.Name, rdtype: int, recs: dict[bytes, Rec]) -> dns.rrset.RRset:
     rrset = dns.rrset.RRset(name, dns.rdataclass.IN, dns.rdatatype.RdataType.make(rdtype))
-    for rec in recs:
+    for rec in recs.values():
         rrset.add(rec.rdata, rec.ttl)
     # dnspython keeps the minimum TTL of the set, like an RRset should have (RFC 2181 §5.2)
     return rrset
@@ -218,12 +235,10 @@ def answer(zones: dict[dns.name.Name, Zone], query: dns.message.Message) -> dns.
     return response
 
 
-def _additional(zone: Zone, qtype: int, recs: list[Rec], response: dns.message.Message) -> None:
+def _additional(zone: Zone, qtype: int, recs: dict[bytes, Rec], response: dns.message.Message) -> None:
     targets: list[dns.name.Name] = []
-    if qtype == dns.rdatatype.SRV:
-        targets = [rec.rdata.target for rec in recs]  # type: ignore[attr-defined]
-    elif qtype == dns.rdatatype.NS:
-        targets = [rec.rdata.target for rec in recs]  # type: ignore[attr-defined]
+    if qtype in (dns.rdatatype.SRV, dns.rdatatype.NS) and len(recs) <= 20:
+        targets = [rec.rdata.target for rec in recs.values()]  # type: ignore[attr-defined]
     seen: set[dns.name.Name] = set()
     for target in targets:
         if target in seen:

@@ -71,7 +71,7 @@ def tsig_mac_valid(wire: bytes, key: dns.tsig.Key, request_mac: bytes) -> bool:
         parser.seek(parser.current + rdlen)
     body = wire[0:10] + struct.pack("!H", ar - 1) + wire[12:start]
     try:
-        ctx = dns.tsig._digest(body, key, rdata, None, request_mac, None, False)  # type: ignore[attr-defined]
+        ctx = dns.tsig._digest(body, key, rdata, None, request_mac, None, False)  # type: ignore[no-untyped-call]
         ctx.verify(rdata.mac)
     except dns.tsig.BadSignature:
         return False

@@ -40,7 +40,7 @@ class ServeProc:
         argv = [script("btmm-serve"), "--account", str(self.account), "--db", str(self.db),
                 "--listen", "127.0.0.1:0", "--tls-listen", "127.0.0.1:0", "--self-signed",
                 "--cert-dir", str(self.workdir / "certs"), "--json", *self.extra]
-        self._err = open(self.stderr_path, "wb")  # noqa: SIM115 - closed in stop()
+        self._err = open(self.stderr_path, "wb")
         self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=self._err, env=self.env)
         assert self.proc.stdout is not None
         ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
