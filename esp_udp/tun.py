@@ -4,6 +4,12 @@ Opened with ``IFF_TUN | IFF_NO_PI`` (raw IP packets, no packet-info header) and
 non-blocking. Addresses and routes go through netlink (pyroute2) in the current network
 namespace. The device is not persistent: closing its file descriptor deletes it together
 with its address and routes, so teardown is also clean when the process dies.
+
+Network namespaces are per *thread* on Linux, and pyroute2 does not pin its socket to
+the namespace of the thread that created it. So every netlink operation runs on one
+small helper thread started by the constructor: it inherits the creating thread's
+namespace, and so the device can be driven from any thread of the process (the
+datapath's control calls come from IKE or the CLI).
 """
 
 from __future__ import annotations
@@ -12,8 +18,12 @@ import contextlib
 import fcntl
 import ipaddress
 import os
+import queue
 import socket
 import struct
+import threading
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from pyroute2 import IPRoute
 
@@ -23,6 +33,55 @@ IFF_NO_PI = 0x1000
 IFF_MULTI_QUEUE = 0x0100
 IFA_F_NODAD = 0x02
 IFNAMSIZ = 16
+T = TypeVar("T")
+
+
+class _NetlinkThread:
+    """Runs netlink calls on one thread that stays in the creator's network namespace."""
+
+    def __init__(self) -> None:
+        self._jobs: queue.SimpleQueue[tuple[Callable[[IPRoute], Any], queue.SimpleQueue[Any]] | None] = (
+            queue.SimpleQueue())
+        ready: queue.SimpleQueue[BaseException | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, args=(ready,), name="tun-netlink", daemon=True)
+        self._thread.start()
+        error = ready.get()
+        if error is not None:
+            raise error
+
+    def _run(self, ready: queue.SimpleQueue[BaseException | None]) -> None:
+        try:
+            ipr = IPRoute()
+        except BaseException as exc:
+            ready.put(exc)
+            return
+        ready.put(None)
+        try:
+            while True:
+                job = self._jobs.get()
+                if job is None:
+                    return
+                fn, reply = job
+                try:
+                    reply.put((True, fn(ipr)))
+                except BaseException as exc:
+                    reply.put((False, exc))
+        finally:
+            with contextlib.suppress(Exception):
+                ipr.close()
+
+    def call(self, fn: Callable[[IPRoute], T]) -> T:
+        reply: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._jobs.put((fn, reply))
+        ok, value = reply.get()
+        if not ok:
+            raise value
+        result: T = value
+        return result
+
+    def close(self) -> None:
+        self._jobs.put(None)
+        self._thread.join(timeout=5)
 
 
 class TunError(OSError):
@@ -49,26 +108,32 @@ class TunDevice:
                            "(is another btmm-tunnel-up using it? pick another with --tun)") from None
         self.name = result[:IFNAMSIZ].rstrip(b"\0").decode()
         self.mtu = mtu
-        self._ipr = IPRoute()
-        self.index = int(self._ipr.link_lookup(ifname=self.name)[0])
-        self._ipr.link("set", index=self.index, mtu=mtu, txqlen=txqueuelen, state="up")
+        try:
+            self._nl = _NetlinkThread()
+            self.index = int(self._nl.call(lambda ipr: ipr.link_lookup(ifname=self.name))[0])
+            self._nl.call(lambda ipr: ipr.link("set", index=self.index, mtu=mtu, txqlen=txqueuelen,
+                                               state="up"))
+        except Exception as exc:
+            os.close(self.fd)
+            raise TunError(f"cannot configure TUN device {self.name}: {exc}") from None
         self.routes: set[ipaddress.IPv6Address] = set()
         self.closed = False
 
     def set_address(self, address: ipaddress.IPv6Address) -> None:
         """Put ``address``/128 on the device (no DAD: it is ours alone)."""
-        self._ipr.addr("add", index=self.index, address=str(address), prefixlen=128,
-                       family=socket.AF_INET6, flags=IFA_F_NODAD)
+        self._nl.call(lambda ipr: ipr.addr("add", index=self.index, address=str(address), prefixlen=128,
+                                           family=socket.AF_INET6, flags=IFA_F_NODAD))
 
     def add_route(self, peer: ipaddress.IPv6Address, mtu: int | None = None) -> None:
         """Host route ``peer``/128 into the device with the tunnel MTU."""
-        self._ipr.route("replace", dst=str(peer), dst_len=128, oif=self.index,
-                        family=socket.AF_INET6, metrics={"mtu": mtu or self.mtu})
+        self._nl.call(lambda ipr: ipr.route("replace", dst=str(peer), dst_len=128, oif=self.index,
+                                            family=socket.AF_INET6, metrics={"mtu": mtu or self.mtu}))
         self.routes.add(peer)
 
     def remove_route(self, peer: ipaddress.IPv6Address) -> None:
         with contextlib.suppress(Exception):
-            self._ipr.route("del", dst=str(peer), dst_len=128, oif=self.index, family=socket.AF_INET6)
+            self._nl.call(lambda ipr: ipr.route("del", dst=str(peer), dst_len=128, oif=self.index,
+                                                family=socket.AF_INET6))
         self.routes.discard(peer)
 
     def close(self) -> None:
@@ -80,5 +145,4 @@ class TunDevice:
             self.remove_route(peer)
         with contextlib.suppress(OSError):
             os.close(self.fd)
-        with contextlib.suppress(Exception):
-            self._ipr.close()
+        self._nl.close()

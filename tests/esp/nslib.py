@@ -1,0 +1,60 @@
+"""Helpers for the namespace tests of esp_udp: a Datapath living inside a namespace, keys."""
+
+from __future__ import annotations
+
+import ctypes
+import ipaddress
+import os
+import threading
+from typing import Any
+
+from esp_udp.datapath import Datapath
+from esp_udp.sa import SAParams, Suite
+
+CLONE_NEWNET = 0x40000000
+
+
+def enter_netns(name: str) -> None:
+    """Move the *calling thread* into network namespace ``name`` (setns is per thread)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    fd = os.open(f"/run/netns/{name}", os.O_RDONLY)
+    try:
+        if libc.setns(fd, CLONE_NEWNET) != 0:
+            raise OSError(ctypes.get_errno(), f"setns into {name} failed")
+    finally:
+        os.close(fd)
+
+
+def datapath_in(ns: str, local_inner: str, **kwargs: Any) -> Datapath:
+    """A started Datapath whose TUN device, socket and worker live in namespace ``ns``.
+
+    It is created from a helper thread that entered ``ns``; the worker thread it starts
+    inherits the namespace, and its netlink and UDP sockets stay bound to it, so the
+    test's main thread (still in the root namespace) can drive it.
+    """
+    box: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            enter_netns(ns)
+            dp = Datapath(local_inner, **kwargs)
+            dp.start()
+            box["dp"] = dp
+        except BaseException as exc:  # handed to the caller below
+            box["err"] = exc
+
+    thread = threading.Thread(target=target)
+    thread.start()
+    thread.join()
+    if "err" in box:
+        raise box["err"]
+    dp: Datapath = box["dp"]
+    return dp
+
+
+def sa_pair(suite: Suite, inner_a: str, outer_a: tuple[str, int], inner_b: str,
+            outer_b: tuple[str, int], spi_base: int = 0x1000) -> tuple[SAParams, SAParams]:
+    """(A's view, B's view) of a fresh SA pair between A and B."""
+    params_a = SAParams(ipaddress.IPv6Address(inner_b), outer_b, suite, spi_base + 1, spi_base + 2,
+                        os.urandom(suite.keymat_len), os.urandom(suite.keymat_len))
+    return params_a, params_a.mirrored(ipaddress.IPv6Address(inner_a), outer_a)

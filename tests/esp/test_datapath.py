@@ -1,0 +1,151 @@
+"""The Datapath API in two namespaces: traffic, IKE demux, keepalive, make-before-break rekey,
+rekey signals, peer removal and teardown (in-process, so the API itself is exercised)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from esp_udp.datapath import Datapath, DatapathEvent
+from esp_udp.errors import ConfigError
+from esp_udp.sa import Suite
+from tests.esp.nslib import datapath_in, sa_pair
+from tools.netns import Lab, wait_for
+
+A_INNER, B_INNER = "fd00:5::a", "fd00:5::b"
+A_OUTER, B_OUTER = ("198.18.5.1", 4500), ("198.18.5.2", 4500)
+
+pytestmark = pytest.mark.netns
+
+
+class Side:
+    def __init__(self, dp: Datapath) -> None:
+        self.dp = dp
+        self.ike: list[tuple[bytes, tuple[str, int]]] = []
+        self.events: list[DatapathEvent] = []
+        self.lock = threading.Lock()
+        dp.on_ike = self._ike
+        dp.on_event = self._event
+
+    def _ike(self, data: bytes, addr: tuple[str, int]) -> None:
+        with self.lock:
+            self.ike.append((data, addr))
+
+    def _event(self, event: DatapathEvent) -> None:
+        with self.lock:
+            self.events.append(event)
+
+    def kinds(self) -> list[str]:
+        with self.lock:
+            return [e.kind for e in self.events]
+
+
+@pytest.fixture(scope="module")
+def topo() -> Iterator[tuple[Lab, str, str]]:
+    with Lab() as lab:
+        a, b = lab.ns("dpa"), lab.ns("dpb")
+        lab.veth(a, "va", b, "vb")
+        lab.addr(a, "va", "198.18.5.1/24")
+        lab.addr(b, "vb", "198.18.5.2/24")
+        yield lab, a, b
+
+
+def ping(lab: Lab, ns: str, dst: str, count: int = 3, interval: str = "0.05") -> int:
+    """Number of replies received."""
+    proc = lab.run(ns, ["ping", "-6", "-n", "-q", "-c", str(count), "-i", interval, "-W", "1", dst],
+                   check=False, timeout=30)
+    for line in proc.stdout.decode().splitlines():
+        if "received" in line:
+            return int(line.split(",")[1].split()[0])
+    return 0
+
+
+def test_datapath_api(topo: tuple[Lab, str, str]) -> None:
+    lab, ns_a, ns_b = topo
+    suite = Suite.AES128GCM16
+    pa, pb = sa_pair(suite, A_INNER, A_OUTER, B_INNER, B_OUTER)
+    a = Side(datapath_in(ns_a, A_INNER, tun_name="btmmt0", keepalive_interval=0.3, linger=0.5,
+                         seq_limits=(40, 60)))
+    b = Side(datapath_in(ns_b, B_INNER, tun_name="btmmt0", linger=0.5))
+    try:
+        a.dp.add_peer(pa, keepalive=True)
+        b.dp.add_peer(pb)
+        routes = lab.run(ns_a, ["ip", "-6", "route", "show", "dev", "btmmt0"]).stdout.decode()
+        assert f"{B_INNER} " in routes and "mtu 1280" in routes
+        assert ping(lab, ns_a, B_INNER) == 3
+
+        # IKE shares the port: marker added on send, stripped and handed over on receipt.
+        a.dp.send_ike(b"\x11" * 28, B_OUTER)
+        wait_for(lambda: b.ike, 5, what="IKE datagram at B")
+        assert b.ike[0] == (b"\x11" * 28, A_OUTER)
+
+        # Keepalive: A marked B as "we are behind a NAT"; idle → 0xFF datagrams.
+        before = b.dp.keepalives_in
+        wait_for(lambda: b.dp.keepalives_in >= before + 2, 5, what="keepalives at B")
+        assert b.dp.keepalives_in >= 2 and b.dp.counters()["peers"][0]["drops"] == 0
+
+        # Make-before-break rekey under a ping stream: no loss.
+        qa, qb = sa_pair(suite, A_INNER, A_OUTER, B_INNER, B_OUTER, spi_base=0x2000)
+        flood = lab.popen(ns_a, ["ping", "-6", "-n", "-q", "-c", "60", "-i", "0.01", B_INNER],
+                          stdout=subprocess.PIPE)
+        time.sleep(0.2)
+        a.dp.install_inbound(B_INNER, qa.spi_in, suite, qa.key_in)
+        b.dp.install_inbound(A_INNER, qb.spi_in, suite, qb.key_in)
+        a.dp.rekey(qa)
+        b.dp.rekey(qb)
+        out, _ = flood.communicate(timeout=30)
+        assert " 0% packet loss" in out.decode(), out.decode()
+        counters_a = a.dp.counters()["peers"][0]
+        assert counters_a["spi_out"] == f"{qa.spi_out:08x}"
+        wait_for(lambda: a.kinds().count("sa_expired") == 1 and b.kinds().count("sa_expired") == 1,
+                 5, what="old inbound SAs to expire")
+        assert a.dp.counters()["peers"][0]["spi_in"] == [f"{qa.spi_in:08x}"]
+        assert ping(lab, ns_a, B_INNER) == 3
+
+        # Sequence limits (40 soft / 60 hard on A): rekey_needed, then exhausted and counted.
+        ra, rb = sa_pair(suite, A_INNER, A_OUTER, B_INNER, B_OUTER, spi_base=0x2100)
+        b.dp.install_inbound(A_INNER, rb.spi_in, suite, rb.key_in)
+        a.dp.replace_outbound(B_INNER, ra.spi_out, suite, ra.key_out)
+        assert ping(lab, ns_a, B_INNER, count=70, interval="0.002") == 60
+        wait_for(lambda: "seq_exhausted" in a.kinds(), 5, what="seq_exhausted")
+        assert "rekey_needed" in a.kinds()
+        drops = a.dp.counters()["peers"][0]["drop_reasons"]
+        assert drops.get("seq_exhausted", 0) >= 10
+        json.dumps(a.dp.counters())
+
+        a.dp.remove_peer(B_INNER)
+        routes = lab.run(ns_a, ["ip", "-6", "route", "show", "dev", "btmmt0"]).stdout.decode()
+        assert B_INNER not in routes
+        with pytest.raises(ConfigError):
+            a.dp.rekey(qa)
+    finally:
+        a.dp.close()
+        b.dp.close()
+    link = lab.run(ns_a, ["ip", "link", "show", "btmmt0"], check=False)
+    assert link.returncode != 0  # the TUN device is gone
+
+
+def test_ike_callback_errors_do_not_stop_the_datapath(topo: tuple[Lab, str, str]) -> None:
+    lab, ns_a, ns_b = topo
+    pa, pb = sa_pair(Suite.CHACHA20POLY1305, A_INNER, A_OUTER, B_INNER, B_OUTER, spi_base=0x3000)
+
+    def broken(data: bytes, addr: tuple[str, int]) -> None:
+        raise RuntimeError("IKE bug")
+
+    a = datapath_in(ns_a, A_INNER, tun_name="btmmt1")
+    b = datapath_in(ns_b, B_INNER, tun_name="btmmt1", on_ike=broken)
+    try:
+        a.add_peer(pa)
+        b.add_peer(pb)
+        a.send_ike(b"boom", B_OUTER)
+        wait_for(lambda: b.ike_in == 1, 5, what="IKE at B")
+        assert ping(lab, ns_a, B_INNER) == 3
+        assert b.counters()["peers"][0]["packets_in"] == 3
+    finally:
+        a.close()
+        b.close()
