@@ -6,6 +6,8 @@ from ipaddress import IPv4Address
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from portmap.client import (
     Change,
@@ -395,3 +397,16 @@ def test_bad_parameters_and_calls() -> None:
     m.start(0.0)
     with pytest.raises(ClientError):
         m.start(1.0)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.binary(max_size=80), max_size=6))
+def test_random_datagrams_never_raise(datagrams: list[bytes]) -> None:
+    for mode in (Mode.AUTO, Mode.NATPMP):
+        m = make(mode)
+        m.start(0.0)
+        sent(m, 0.0)
+        for i, data in enumerate(datagrams):
+            m.receive_datagram(data, FROM_GW, i * 0.1)
+            drain(m)
+        assert m.state in set(State)

@@ -269,3 +269,11 @@ def test_pcp_falls_back_to_natpmp_on_a_natpmp_only_gateway(topo: Topology) -> No
     requests = [server.stdout.readline().decode().split()[1] for _ in range(3)]
     topo.lab.stop(server)
     assert requests[0].startswith("0201") and requests[1:] == ["0000", "000100001194119400001c20"]
+
+
+def test_no_default_route_is_a_clear_error(topo: Topology) -> None:
+    ns = topo.lab.ns("no-route")
+    result = run_map_port(topo, ns, "--once")
+    err = result.stderr.decode()
+    assert result.returncode == 3, err
+    assert "no default IPv4 route" in err and "--gateway ADDR" in err and len(err.strip().splitlines()) == 1
