@@ -1,48 +1,126 @@
-"""btmm-demo: the whole flow on one machine (grows as the stages land; see issue 8)."""
+"""btmm-demo: the whole Back to My Mac flow on one machine, in network namespaces.
+
+An "internet" with btmm-serve (the embedded default DNS server), a home network behind a
+NAT router running miniupnpd where Bob's iMac runs ``btmm-map-port | btmm-register`` and
+``btmm-tunnel-up --listen`` and offers a small HTTP service on its ULA, and a café network
+behind a second NAT where the laptop runs ``btmm-browse | btmm-resolve-tunnel |
+btmm-tunnel-up`` and then fetches the service through the tunnel. Each stage is printed
+with rich; a summary ends the run; everything is cleaned up, also on Ctrl-C. Needs root.
+"""
 
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
+import signal
 import tempfile
+import time
 from pathlib import Path
+from types import FrameType
+from typing import Any
 
 from rich.console import Console
 from rich.panel import Panel
+from rich.table import Table
 
-from tools.cli import EXIT_OK, Fatal, make_parser, run
+from tools.cli import EXIT_OK, EXIT_REMOTE, Fatal, make_parser, run
+from tools.netns import Lab, LabError
+from tools.scenario import CAFE_LABEL, DNS_ADDR, HOME_LABEL, SERVICE_PORT, ScenarioError, World
 
 PROG = "btmm-demo"
 
 
-def _stage(console: Console, title: str, argv: list[str], env: dict[str, str]) -> dict[str, object]:
-    console.rule(f"[bold]{title}")
-    console.print(f"[dim]$ {' '.join(argv)}[/dim]")
-    proc = subprocess.run(argv, capture_output=True, text=True, env=env, check=False)
-    if proc.returncode != 0:
-        raise Fatal(f"demo stage {title!r} failed: {proc.stderr.strip()}", 3)
-    record: dict[str, object] = json.loads(proc.stdout.splitlines()[-1])
-    console.print_json(data=record)
-    return record
+def _terminate(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
+def _show(console: Console, title: str, command: str, record: dict[str, Any], keys: list[str]) -> None:
+    table = Table(show_header=False, box=None)
+    table.add_column(style="bold cyan")
+    table.add_column()
+    for key in keys:
+        if key in record:
+            value = record[key]
+            table.add_row(key, value if isinstance(value, str) else json.dumps(value, ensure_ascii=False))
+    console.print(Panel(table, title=f"[bold]{title}[/bold]", subtitle=f"[dim]{command}[/dim]",
+                        title_align="left", subtitle_align="left"))
+
+
+def run_demo(console: Console, keep: Path | None) -> dict[str, Any]:
+    summary: dict[str, Any] = {}
+    t_start = time.monotonic()
+    with Lab() as lab:
+        workdir = keep or Path(tempfile.mkdtemp(prefix="btmm-demo-"))
+        console.rule("[bold]0. the world: internet, home behind a NAT (miniupnpd), café behind a NAT")
+        world = World.create(lab, workdir)
+        acct = world.create_account()
+        _show(console, "account (copied to both hosts)", "btmm-account init --domain bob.members.example",
+              acct, ["domain", "ula_prefix", "tsig", "ike_psk"])
+        ready = world.start_dns()
+        _show(console, "DNS server on the internet", "btmm-serve", ready, ["zones", "listeners"])
+
+        console.rule("[bold]1. Bob's iMac at home: map a port, register, listen")
+        reg = world.start_home_registration()
+        mapping = reg.wait_for(lambda r: r.get("type") == "registration" and r.get("outer"), 60,
+                               "registration with the outer endpoint")
+        _show(console, "registered (after NAT-PMP/PCP mapped UDP 4500)",
+              "btmm-map-port | btmm-register --name \"Bob’s iMac\" --service _http._tcp:8080",
+              mapping, ["state", "host", "outer", "records", "lease_granted", "ms"])
+        summary["records"] = len(mapping.get("records", []))
+        summary["outer"] = mapping.get("outer")
+        world.start_home_tunnel()
+        world.start_home_service()
+
+        console.rule("[bold]2. the laptop in the café: browse, resolve, tunnel")
+        t0 = time.monotonic()
+        client = world.start_cafe_client()
+        up = client.wait_for(lambda r: r.get("type") == "tunnel" and r.get("state") == "up", 30,
+                             "tunnel up record")
+        t_up = time.monotonic() - t0
+        _show(console, "tunnel up", "btmm-browse -t _http._tcp | btmm-resolve-tunnel | btmm-tunnel-up",
+              up, ["instance", "host", "inner_remote", "outer", "suite", "spi_in", "spi_out", "setup_ms",
+                   "resolve_ms"])
+        summary.update(suite=up.get("suite"), setup_ms=up.get("setup_ms"), pipeline_s=round(t_up, 3),
+                       ula=up.get("inner_remote"))
+
+        console.rule("[bold]3. fetch the service through the tunnel")
+        body, ttfb = world.fetch(str(up["inner_remote"]))
+        console.print(Panel(body.strip(), title=f"GET http://[{up['inner_remote']}]:{SERVICE_PORT}/",
+                            subtitle=f"first byte after {ttfb * 1000:.1f} ms", title_align="left"))
+        summary.update(response=body.strip().splitlines()[-1] if body.strip() else "",
+                       ttfb_ms=round(ttfb * 1000, 1))
+        console.rule("[bold]4. clean up: Bob's iMac deregisters, tunnels are deleted")
+        world.stop_stage("cafe-client")
+        world.stop_stage("home-tunnel")
+        world.stop_stage("home-register")
+        removed = world.stages["home-register-stopped"].records
+        summary["deregistered"] = any(r.get("state") == "removed" for r in removed)
+        summary["dns"] = f"btmm-serve on {DNS_ADDR}"
+        summary["hosts"] = f"{HOME_LABEL} (home), {CAFE_LABEL} (café)"
+        summary["total_s"] = round(time.monotonic() - t_start, 1)
+    return summary
 
 
 def main_body() -> int:
-    make_parser(PROG, "Run the btmm demo: accounts, addresses, (later) DNS, NAT, IKE and ESP.",
-                account=False, host=False).parse_args()
+    parser = make_parser(PROG, __doc__.splitlines()[0] if __doc__ else PROG, account=False, host=False)
+    parser.add_argument("--keep", metavar="DIR", help="keep logs and state in DIR (default: a temp dir)")
+    args = parser.parse_args()
     console = Console(highlight=False)
-    bindir = Path(sys.executable).parent
-    with tempfile.TemporaryDirectory(prefix="btmm-demo-") as tmp:
-        env = {"XDG_CONFIG_HOME": f"{tmp}/config", "XDG_STATE_HOME": f"{tmp}/state",
-               "PATH": f"{bindir}:/usr/sbin:/usr/bin:/sbin:/bin"}
-        acct = _stage(console, "1. create the account", [str(bindir / "btmm-account"), "init",
-                      "--domain", "bob.members.example", "--json"], env)
-        addr = _stage(console, "2. Bob's iMac: its inner ULA", [str(bindir / "btmm-ula"), "address",
-                      "--host", "bobs-imac", "--json"], env)
-        console.print(Panel.fit(
-            f"account [bold]{acct['domain']}[/bold], prefix {acct['ula_prefix']}\n"
-            f"bobs-imac → {addr['address']} (published at {addr['autotunnel']})",
-            title="summary"))
+    signal.signal(signal.SIGTERM, _terminate)
+    keep = Path(args.keep) if args.keep else None
+    if keep:
+        keep.mkdir(parents=True, exist_ok=True)
+    try:
+        summary = run_demo(console, keep)
+    except (ScenarioError, LabError) as exc:
+        raise Fatal(f"demo failed: {exc}", EXIT_REMOTE) from None
+    table = Table(show_header=False, box=None)
+    table.add_column(style="bold cyan")
+    table.add_column()
+    for key, value in summary.items():
+        table.add_row(key, str(value))
+    console.print(Panel(table, title="[bold green]Back to My Mac: done[/bold green]", title_align="left"))
+    if getattr(args, "json", False):
+        print(json.dumps({"type": "demo", "v": 1, **summary}))
     return EXIT_OK
 
 

@@ -1,0 +1,317 @@
+"""The Back to My Mac world in network namespaces: used by btmm-demo and the end-to-end tests.
+
+How this works
+--------------
+::
+
+    laptop (10.2.0.2) ─ cafe-rt (NAT) ─┐                 ┌─ home-rt (NAT + miniupnpd) ─ bobs-imac (10.1.0.2)
+                                       ├── internet ─────┤
+                      198.18.2.2/24 ───┘ 198.18.0.53 DNS └── 198.18.1.2/24
+                                         (btmm-serve), STUN for miniupnpd
+
+* ``internet``: 198.18.0.0/15, runs ``btmm-serve`` for the account's zone on
+  198.18.0.53:53 and the small STUN server miniupnpd needs to believe its WAN address.
+* ``home``: Bob's iMac behind a NAT router running miniupnpd; it runs
+  ``btmm-map-port | btmm-register`` and ``btmm-tunnel-up --listen`` and an HTTP service.
+* ``cafe``: the laptop behind a second NAT (plain masquerade, no port mapping); it runs
+  ``btmm-browse | btmm-resolve-tunnel | btmm-tunnel-up`` and fetches the service.
+
+Every process is a real console script started through the :class:`~tools.netns.Lab`, so
+it is stopped by PID; everything disappears with ``close()`` (also on Ctrl-C).
+Both hosts share one account file (as a user copies it); each has its own state dir
+(host identity, status files).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import select
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+from tools.netns import Lab, LabError
+from tools.peers.miniupnpd import HomeRouter, Internet
+
+DOMAIN = "bob.members.example"
+DNS_ADDR = "198.18.0.53"
+HOME_LABEL = "bobs-imac"
+HOME_NAME = "Bob’s iMac"
+CAFE_LABEL = "laptop"
+SERVICE_TYPE = "_http._tcp"
+SERVICE_PORT = 8080
+
+BIN = Path(sys.executable).parent
+
+
+def bin_path(name: str) -> str:
+    return str(BIN / name)
+
+
+class ScenarioError(RuntimeError):
+    """A stage of the scenario did not produce what it should (message says which)."""
+
+
+@dataclass
+class Stage:
+    """A running pipeline of btmm console scripts; JSON lines of its last stage are collected."""
+
+    name: str
+    procs: list[subprocess.Popen[bytes]]
+    records: list[dict[str, Any]] = field(default_factory=list)
+    stderr_files: list[Path] = field(default_factory=list)
+    _buf: bytes = b""
+
+    @property
+    def stdout(self) -> IO[bytes]:
+        out = self.procs[-1].stdout
+        if out is None:
+            raise ScenarioError(f"{self.name}: no stdout pipe")
+        return out
+
+    def poll_records(self, timeout: float) -> list[dict[str, Any]]:
+        """Read whatever lines arrive within ``timeout`` seconds; returns the new records."""
+        new: list[dict[str, Any]] = []
+        deadline = time.monotonic() + timeout
+        fd = self.stdout.fileno()
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            ready, _, _ = select.select([fd], [], [], remaining)
+            if not ready:
+                break
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                break
+            self._buf += chunk
+            while b"\n" in self._buf:
+                line, self._buf = self._buf.split(b"\n", 1)
+                if line.strip():
+                    try:
+                        rec = json.loads(line)
+                    except json.JSONDecodeError:
+                        rec = {"type": "unparsed", "line": line.decode(errors="replace")}
+                    new.append(rec)
+            if new:
+                break
+        self.records.extend(new)
+        return new
+
+    def wait_for(self, predicate: Any, timeout: float, what: str) -> dict[str, Any]:
+        """The first record (already seen or arriving) for which ``predicate(record)`` holds."""
+        for rec in self.records:
+            if predicate(rec):
+                return rec
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for rec in self.poll_records(min(0.5, max(0.01, deadline - time.monotonic()))):
+                if predicate(rec):
+                    return rec
+                if rec.get("type") == "error":
+                    raise ScenarioError(f"{self.name}: {rec.get('error')}")
+            dead = [p for p in self.procs if p.poll() is not None]
+            if dead and not self._pending_output():
+                raise ScenarioError(f"{self.name}: exited ({dead[0].returncode}) before {what}: "
+                                    f"{self.stderr_tail()}")
+        raise ScenarioError(f"{self.name}: no {what} within {timeout:.0f} s; {self.stderr_tail()}")
+
+    def _pending_output(self) -> bool:
+        ready, _, _ = select.select([self.stdout.fileno()], [], [], 0)
+        return bool(ready)
+
+    def stderr_tail(self, lines: int = 3) -> str:
+        tails = []
+        for path in self.stderr_files:
+            with contextlib.suppress(OSError):
+                text = path.read_text(errors="replace").strip().splitlines()
+                if text:
+                    tails.append(f"[{path.stem}] " + " | ".join(text[-lines:]))
+        return "; ".join(tails) or "(no stderr)"
+
+
+@dataclass
+class World:
+    """The namespaces, the account and the running stages of the demo."""
+
+    lab: Lab
+    workdir: Path
+    internet: Internet | None = None
+    home: HomeRouter | None = None
+    cafe: HomeRouter | None = None
+    account_file: Path | None = None
+    stages: dict[str, Stage] = field(default_factory=dict)
+
+    @classmethod
+    def create(cls, lab: Lab, workdir: Path | None = None) -> World:
+        wd = workdir or Path(tempfile.mkdtemp(prefix="btmm-world-"))
+        world = cls(lab=lab, workdir=wd)
+        for sub in ("internet", "home-router", "cafe-router"):
+            (wd / sub).mkdir(parents=True, exist_ok=True)
+        world.internet = Internet(lab, short="internet", workdir=wd / "internet")
+        world.home = HomeRouter(lab, "home", world.internet.ns, wan_addr="198.18.1.2/24",
+                                wan_peer_addr="198.18.1.1/24", lan_prefix="10.1.0.0/24",
+                                workdir=wd / "home-router")
+        world.cafe = HomeRouter(lab, "cafe", world.internet.ns, wan_addr="198.18.2.2/24",
+                                wan_peer_addr="198.18.2.1/24", lan_prefix="10.2.0.0/24", run_miniupnpd=False,
+                                workdir=wd / "cafe-router")
+        lab.addr(world.internet.ns, "lo", f"{DNS_ADDR}/32")
+        return world
+
+    # ------------------------------------------------------------------ environment
+    @property
+    def inet_ns(self) -> str:
+        if self.internet is None:
+            raise ScenarioError("world not created")
+        return self.internet.ns
+
+    @property
+    def home_ns(self) -> str:
+        if self.home is None:
+            raise ScenarioError("world not created")
+        return self.home.lan_ns
+
+    @property
+    def cafe_ns(self) -> str:
+        if self.cafe is None:
+            raise ScenarioError("world not created")
+        return self.cafe.lan_ns
+
+    def env(self, who: str) -> dict[str, str]:
+        if self.account_file is None:
+            raise ScenarioError("no account yet")
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("BTMM_", "XDG_"))}
+        env.update(BTMM_ACCOUNT=str(self.account_file), BTMM_STATE_DIR=str(self.workdir / f"{who}-state"),
+                   XDG_CONFIG_HOME=str(self.workdir / f"{who}-config"), COLUMNS="120",
+                   PYTHONUNBUFFERED="1")
+        return env
+
+    def create_account(self) -> dict[str, Any]:
+        self.account_file = self.workdir / "account.json"
+        proc = subprocess.run([bin_path("btmm-account"), "--account", str(self.account_file), "init",
+                               "--domain", DOMAIN, "--server", f"{DNS_ADDR}:53", "--json"],
+                              capture_output=True, text=True, check=False)
+        if proc.returncode != 0:
+            raise ScenarioError(f"btmm-account init failed: {proc.stderr.strip()}")
+        rec: dict[str, Any] = json.loads(proc.stdout)
+        return rec
+
+    def pipeline(self, name: str, ns: str, who: str, argvs: list[list[str]],
+                 stdin: int | None = subprocess.DEVNULL) -> Stage:
+        """Start ``argv1 | argv2 | ...`` inside ``ns``; every process tracked by the Lab."""
+        procs: list[subprocess.Popen[bytes]] = []
+        errs: list[Path] = []
+        prev: IO[bytes] | None = None
+        env = self.env(who)
+        for i, argv in enumerate(argvs):
+            err_path = self.workdir / f"{name}.{i}.{Path(argv[0]).name}.stderr"
+            errs.append(err_path)
+            with open(err_path, "wb") as err:
+                proc = self.lab.popen(ns, argv, stdin=prev if prev is not None else stdin,
+                                      stdout=subprocess.PIPE, stderr=err, env=env)
+            if prev is not None:
+                prev.close()
+            prev = proc.stdout
+            procs.append(proc)
+        stage = Stage(name=name, procs=procs, stderr_files=errs)
+        self.stages[name] = stage
+        return stage
+
+    def stop_stage(self, name: str, timeout: float = 15.0) -> list[int | None]:
+        """SIGTERM every process of the stage (by PID), wait, and collect its last records."""
+        stage = self.stages.pop(name)
+        for proc in stage.procs:
+            if proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        for proc in stage.procs:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+        with contextlib.suppress(OSError, ValueError):
+            rest = stage.stdout.read()
+            for line in (stage._buf + (rest or b"")).splitlines():
+                with contextlib.suppress(json.JSONDecodeError):
+                    stage.records.append(json.loads(line))
+            stage._buf = b""
+        codes = [self.lab.stop(p, timeout=5.0) for p in stage.procs]
+        self.stages[f"{name}-stopped"] = stage
+        return codes
+
+    # ------------------------------------------------------------------ the parts
+    def start_dns(self) -> dict[str, Any]:
+        stage = self.pipeline("dns", self.inet_ns, "dns", [[
+            bin_path("btmm-serve"), "--db", str(self.workdir / "dns.db"),
+            "--listen", f"{DNS_ADDR}:53", "--json"]])
+        return stage.wait_for(lambda r: r.get("type") == "server" and r.get("state") == "ready", 20,
+                              "server ready record")
+
+    def start_home_registration(self, *, map_port: bool = True) -> Stage:
+        register = [bin_path("btmm-register"), "--host", HOME_LABEL, "--name", HOME_NAME,
+                    "--service", f"{SERVICE_TYPE}:{SERVICE_PORT}:path=/", "--model", "btmm-demo", "--json"]
+        if map_port:
+            return self.pipeline("home-register", self.home_ns, "home",
+                                 [[bin_path("btmm-map-port"), "--watch", "--json"], register])
+        return self.pipeline("home-register", self.home_ns, "home", [register])
+
+    def start_home_tunnel(self) -> Stage:
+        return self.pipeline("home-tunnel", self.home_ns, "home",
+                             [[bin_path("btmm-tunnel-up"), "--listen", "--host", HOME_LABEL, "--json"]])
+
+    def start_home_service(self) -> subprocess.Popen[bytes]:
+        """A small HTTP service on [::]:8080 in the home namespace (reachable via the ULA)."""
+        code = (
+            "import http.server, socketserver, socket\n"
+            "class H(http.server.BaseHTTPRequestHandler):\n"
+            "    def do_GET(self):\n"
+            "        body = ('hello from Bob\\u2019s iMac via ' + self.client_address[0] + '\\n').encode()\n"
+            "        self.send_response(200); self.send_header('Content-Length', str(len(body)))\n"
+            "        self.end_headers(); self.wfile.write(body)\n"
+            "    def log_message(self, *a): pass\n"
+            "class S(http.server.ThreadingHTTPServer):\n"
+            "    address_family = socket.AF_INET6\n"
+            f"S(('::', {SERVICE_PORT}), H).serve_forever()\n"
+        )
+        return self.lab.popen(self.home_ns, [sys.executable, "-c", code], stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+
+    def start_cafe_client(self) -> Stage:
+        return self.pipeline("cafe-client", self.cafe_ns, "cafe", [
+            [bin_path("btmm-browse"), "-t", SERVICE_TYPE, "--json"],
+            [bin_path("btmm-resolve-tunnel"), "--json"],
+            [bin_path("btmm-tunnel-up"), "--host", CAFE_LABEL, "--json"],
+        ])
+
+    def fetch(self, ula: str, timeout: float = 10.0) -> tuple[str, float]:
+        """GET http://[ula]:8080/ from the café host; (body, seconds to first byte)."""
+        code = (
+            "import socket, sys, time\n"
+            "t0 = time.monotonic()\n"
+            f"s = socket.create_connection(('{ula}', {SERVICE_PORT}), timeout={timeout})\n"
+            "s.sendall(b'GET / HTTP/1.0\\r\\nHost: bobs-imac\\r\\n\\r\\n')\n"
+            "first = s.recv(65536); t1 = time.monotonic(); data = first\n"
+            "while True:\n"
+            "    chunk = s.recv(65536)\n"
+            "    if not chunk: break\n"
+            "    data += chunk\n"
+            "sys.stdout.write(repr(t1 - t0) + '\\n' + data.decode())\n"
+        )
+        proc = self.lab.run(self.cafe_ns, [sys.executable, "-c", code], timeout=timeout + 5, check=False)
+        if proc.returncode != 0:
+            raise ScenarioError(f"fetching http://[{ula}]:{SERVICE_PORT}/ from the café failed: "
+                                f"{proc.stderr.decode(errors='replace').strip().splitlines()[-1:]}")
+        first, _, rest = proc.stdout.decode().partition("\n")
+        return rest, float(first)
+
+    def close(self) -> None:
+        self.lab.close()
+
+
+__all__ = ["DNS_ADDR", "DOMAIN", "HOME_LABEL", "HOME_NAME", "LabError", "ScenarioError", "Stage", "World"]
