@@ -3,6 +3,7 @@
 Measured inside the home namespace, in one run:
 
 * ``raw``: one NAT-PMP map request/response on a bare UDP socket — the server's floor;
+* ``raw pcp``: the same for one PCP MAP request (miniupnpd does more work for PCP);
 * ``portmap nat-pmp``: a full mapping with PortMapper + Driver (external address + map,
   i.e. two round trips, as the client does every round);
 * ``portmap pcp``: a full PCP MAP (one round trip);
@@ -33,7 +34,8 @@ def worker(gateway: str, n: int) -> dict[str, list[float]]:
     from portmap.client import MappingUpdated, Mode
     from portmap.driver import Driver
 
-    results: dict[str, list[float]] = {"raw": [], "portmap nat-pmp": [], "portmap pcp": [], "natpmpc": []}
+    results: dict[str, list[float]] = {"raw": [], "raw pcp": [], "portmap nat-pmp": [], "portmap pcp": [],
+                                       "natpmpc": []}
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     s.connect((gateway, 5351))
     s.settimeout(2.0)
@@ -43,6 +45,15 @@ def worker(gateway: str, n: int) -> dict[str, list[float]]:
         s.send(request)
         s.recv(64)
         results["raw"].append(time.perf_counter() - t0)
+    local = IPv4Address(s.getsockname()[0])
+    pcp = (struct.pack("!BBHI", 2, 1, 0, 600) + b"\x00" * 10 + b"\xff\xff" + local.packed
+           + bytes(range(12)) + struct.pack("!B3xHH", 17, 5004, 5004)
+           + b"\x00" * 10 + b"\xff\xff" + b"\x00" * 4)
+    for _ in range(n):
+        t0 = time.perf_counter()
+        s.send(pcp)
+        s.recv(1100)
+        results["raw pcp"].append(time.perf_counter() - t0)
     s.close()
     with Driver(IPv4Address(gateway), listen_announcements=False, clock=time.perf_counter) as driver:
         for mode, key, port in ((Mode.NATPMP, "portmap nat-pmp", 5001), (Mode.PCP, "portmap pcp", 5002)):
@@ -74,8 +85,12 @@ def main() -> None:
     with Lab() as lab:
         inet = Internet(lab)
         home = HomeRouter(lab, "home", inet.ns)
-        out = lab.run(home.lan_ns, [sys.executable, __file__, "--worker", home.router_lan, str(n)],
-                      timeout=300)
+        try:
+            out = lab.run(home.lan_ns, [sys.executable, __file__, "--worker", home.router_lan, str(n)],
+                          timeout=300)
+        finally:
+            home.close()
+            inet.close()
         results: dict[str, list[float]] = json.loads(out.stdout)
     med = {k: statistics.median(v) * 1000 for k, v in results.items()}
     print(f"portmap round trips against miniupnpd 2.3.1 (median of {n}; natpmpc {len(results['natpmpc'])})")

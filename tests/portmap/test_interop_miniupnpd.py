@@ -86,9 +86,9 @@ def topo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Topology]:
     base = tmp_path_factory.mktemp("portmap-interop")
     with Lab() as lab:
         inet = Internet(lab, workdir=base)
-        home = HomeRouter(lab, "home", inet.ns, workdir=base / "home")
-        cgn = HomeRouter(lab, "cgn", inet.ns, wan_addr="198.18.2.2/24", wan_peer_addr="198.18.2.1/24",
-                         lan_prefix="10.78.0.0/24", stun=False, workdir=base / "cgn")
+        home = HomeRouter(lab, "home", inet.ns, "198.18.1.2/24", "10.77.0.0/24", workdir=base / "home")
+        cgn = HomeRouter(lab, "cgn", inet.ns, "198.18.2.2/24", "10.78.0.0/24", stun=False,
+                         workdir=base / "cgn")
         echo = lab.popen(home.lan_ns, [sys.executable, "-c", ECHO_SERVER, "4500"],
                          stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
         assert echo.stdout is not None and echo.stdout.readline().strip() == b"ready"

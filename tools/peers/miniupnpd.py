@@ -35,6 +35,7 @@ import contextlib
 import ipaddress
 import os
 import shlex
+import shutil
 import signal
 import socket
 import subprocess
@@ -88,23 +89,34 @@ class Internet:
     stun: bool = True
     workdir: Path | None = None
     ns: str = field(init=False)
+    stun_process: subprocess.Popen[bytes] | None = field(init=False, default=None)
+    _owns_workdir: bool = field(init=False, default=False)
 
     def __post_init__(self) -> None:
         self.ns = self.lab.ns(self.short)
         self.lab.sysctl(self.ns, "net.ipv4.ip_forward", "1")
         if self.workdir is None:
             self.workdir = Path(tempfile.mkdtemp(prefix="btmm-internet-"))
+            self._owns_workdir = True
         if self.stun:
             from tools.peers.stun import start_stun
 
             self.lab.addr(self.ns, "lo", f"{STUN_PRIMARY}/32")
             self.lab.addr(self.ns, "lo", f"{STUN_ALTERNATE}/32")
-            start_stun(self.lab, self.ns, STUN_PRIMARY, STUN_ALTERNATE,
-                       log_path=str(self.workdir / "stun.log"))
+            self.stun_process = start_stun(self.lab, self.ns, STUN_PRIMARY, STUN_ALTERNATE,
+                                           log_path=str(self.workdir / "stun.log"))
 
     @property
     def stun_server(self) -> str:
         return STUN_PRIMARY
+
+    def close(self) -> None:
+        """Stop the STUN server and remove the work directory if we made it (the Lab does the rest)."""
+        if self.stun_process is not None:
+            self.lab.stop(self.stun_process)
+            self.stun_process = None
+        if self._owns_workdir and self.workdir is not None:
+            shutil.rmtree(self.workdir, ignore_errors=True)
 
 
 @dataclass
@@ -112,26 +124,33 @@ class HomeRouter:
     """A LAN namespace behind a NAT router namespace running miniupnpd (see the module notes).
 
     ``wan_addr``/``wan_peer_addr`` are the router's and the Internet side's ends of the WAN
-    link (CIDR); ``lan_prefix`` is the LAN (/24): router .1, host .2.
+    link (CIDR); ``lan_prefix`` is the LAN: router .1, host .2. Example, a home and a café:
+
+        inet = Internet(lab)
+        home = HomeRouter(lab, "home", inet.ns, "198.18.1.2/24", "10.77.0.0/24")
+        cafe = HomeRouter(lab, "cafe", inet.ns, "198.18.2.2/24", "10.78.0.0/24", run_miniupnpd=False)
+        lab.run(home.lan_ns, [...])        # a process on the home LAN host (10.77.0.2)
+        home.restart()                     # reboot the home router's miniupnpd
     """
 
     lab: Lab
     name: str
     wan_ns: str
     wan_addr: str = "198.18.1.2/24"
-    wan_peer_addr: str = "198.18.1.1/24"
     lan_prefix: str = "10.77.0.0/24"
+    wan_peer_addr: str | None = None  # default: the first other host of wan_addr's network
     stun: bool = True
     stun_server: str = STUN_PRIMARY
     min_lifetime: int = 120
     max_lifetime: int = 86400
-    start: bool = True
+    run_miniupnpd: bool = True  # False: a plain NAT router (e.g. the café) without port mapping
     workdir: Path | None = None
     router_ns: str = field(init=False)
     lan_ns: str = field(init=False)
     miniupnpd: subprocess.Popen[bytes] | None = field(init=False, default=None)
     _sink: subprocess.Popen[bytes] | None = field(init=False, default=None)
     started_at: float = field(init=False, default=0.0)  # time.monotonic() when miniupnpd answered
+    _owns_workdir: bool = field(init=False, default=False)
 
     WAN_IF = "wan0"
     LAN_IF = "lan0"
@@ -143,10 +162,15 @@ class HomeRouter:
         lan = ipaddress.ip_network(self.lan_prefix)
         self.router_lan = str(lan.network_address + 1)
         self.host_addr = str(lan.network_address + 2)
-        self.router_wan = self.wan_addr.split("/")[0]
+        wan = ipaddress.ip_interface(self.wan_addr)
+        if self.wan_peer_addr is None:
+            peer = next(h for h in wan.network.hosts() if h != wan.ip)
+            self.wan_peer_addr = f"{peer}/{wan.network.prefixlen}"
+        self.router_wan = str(wan.ip)
         self.wan_peer = self.wan_peer_addr.split("/")[0]
         if self.workdir is None:
             self.workdir = Path(tempfile.mkdtemp(prefix=f"btmm-{self.name}-router-"))
+            self._owns_workdir = True
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.router_ns = self.lab.ns(f"{self.name}-rt")
         self.lan_ns = self.lab.ns(self.name)
@@ -161,7 +185,7 @@ class HomeRouter:
         self.lab.route(self.router_ns, "default", "via", self.wan_peer)
         self.lab.sysctl(self.router_ns, "net.ipv4.ip_forward", "1")
         self.lab.nft(self.router_ns, RULESET.format(lan=self.LAN_IF, wan=self.WAN_IF))
-        if self.start:
+        if self.run_miniupnpd:
             self.start_miniupnpd()
 
     # ------------------------------------------------------------------ files
@@ -291,10 +315,13 @@ class HomeRouter:
         return "\n".join(out)
 
     def close(self) -> None:
+        """Stop miniupnpd and its log sink; remove the work directory if we made it."""
         self.stop_miniupnpd()
         if self._sink is not None:
             self.lab.stop(self._sink)
             self._sink = None
+        if self._owns_workdir and self.workdir is not None:
+            shutil.rmtree(self.workdir, ignore_errors=True)
 
 
 # ---------------------------------------------------------------------- the /dev/log sink

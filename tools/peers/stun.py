@@ -23,6 +23,7 @@ import selectors
 import signal
 import socket
 import struct
+import subprocess
 import sys
 from dataclasses import dataclass
 from ipaddress import IPv4Address
@@ -143,9 +144,8 @@ def serve(primary: str, alternate: str, port: int, alt_port: int, max_requests: 
 
 
 def start_stun(lab: Lab, ns: str, primary: str, alternate: str, *, port: int = DEFAULT_PORT,
-               alt_port: int = DEFAULT_PORT + 1, log_path: str | None = None) -> None:
+               alt_port: int = DEFAULT_PORT + 1, log_path: str | None = None) -> subprocess.Popen[bytes]:
     """Run the server inside ``ns`` as a Lab-tracked process (both addresses must exist there)."""
-    import subprocess
     import time
 
     argv = [sys.executable, "-m", "tools.peers.stun", "--primary", primary, "--alternate", alternate,
@@ -162,7 +162,7 @@ def start_stun(lab: Lab, ns: str, primary: str, alternate: str, *, port: int = D
             raise RuntimeError(f"the STUN server exited with {proc.returncode} (see {log_path})")
         out = lab.run(ns, ["ss", "-Hlun", f"sport = :{port}"], check=False).stdout
         if primary.encode() in out:
-            return
+            return proc
         time.sleep(0.05)
     raise RuntimeError("the STUN server did not start listening within 10 s")
 
