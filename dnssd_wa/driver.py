@@ -173,25 +173,28 @@ class DnsClient:
         if self._writer is not None and not self._writer.is_closing():
             return
         host, port = self.config.host, self.config.port
-        kwargs: dict[str, object] = {}
-        if transport is Transport.TLS:
-            kwargs["ssl"] = self._ssl_context()
-            kwargs["server_hostname"] = self.config.tls_hostname or host
         try:
-            reader, writer = await asyncio.wait_for(
-                asyncio.open_connection(host, port, **kwargs),  # type: ignore[arg-type]
-                self.config.timeout)
-        except ssl.SSLCertVerificationError as exc:
-            raise errors.tls_mismatch(self.config.label, self.config.tls_hostname or host,
-                                      exc.verify_message or str(exc)) from None
-        except ssl.SSLError as exc:
-            raise TransportFailed(Failure.TLS_MISMATCH, (
-                f"TLS handshake with {self.config.label} failed ({exc.reason or exc}); is it a "
-                "DNS-over-TLS port? (Knot 3.2 has no DoT; use --tcp)")) from None
+            reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port),
+                                                    self.config.timeout)
         except TimeoutError:
             raise errors.timed_out(self.config.label, self.config.timeout) from None
         except OSError as exc:
             raise errors.unreachable(self.config.label, exc.strerror or str(exc)) from None
+        if transport is Transport.TLS:
+            hostname = self.config.tls_hostname or host
+            try:
+                await asyncio.wait_for(writer.start_tls(self._ssl_context(), server_hostname=hostname),
+                                       self.config.timeout)
+            except ssl.SSLCertVerificationError as exc:
+                writer.close()
+                raise errors.tls_mismatch(self.config.label, hostname,
+                                          exc.verify_message or str(exc)) from None
+            except (ssl.SSLError, OSError, TimeoutError) as exc:
+                writer.close()
+                detail = getattr(exc, "reason", None) or str(exc) or type(exc).__name__
+                raise TransportFailed(Failure.TLS_MISMATCH, (
+                    f"TLS handshake with {self.config.label} failed ({detail}); is it a DNS-over-TLS "
+                    "port? (Knot 3.2 has no DoT: use --tcp or --server with the DoT port)")) from None
         self._reader, self._writer = reader, writer
         self._read_task = asyncio.create_task(self._read_loop(reader))
 
@@ -212,9 +215,14 @@ class DnsClient:
             self._udp.close()
             self._udp = None
         if self._writer is not None:
-            self._writer.close()
-            with contextlib.suppress(Exception):
-                await self._writer.wait_closed()
+            if self._writer.get_extra_info("sslcontext") is not None:
+                # Python waits for the server's close_notify, which BIND delays by ~30 s: DoT
+                # needs no orderly TLS shutdown (RFC 7858 §3.4), so drop the connection.
+                self._writer.transport.abort()
+            else:
+                self._writer.close()
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(self._writer.wait_closed(), 1.0)
             self._writer = None
         if self._read_task is not None:
             self._read_task.cancel()

@@ -112,9 +112,10 @@ def explain_update(
             "from the machine that created it, or load this key into the server"), rcode, tsig_error)
     if tsig_error == dns.rcode.BADKEY:
         return UpdateFailed(Failure.BADKEY, (
-            f"{where} does not know the TSIG key {key_name} ({rname}/BADKEY): add the account's key "
-            "to the server configuration (btmm-account key shows it) or use the right account file"),
-            rcode, tsig_error)
+            f"{where} refused the TSIG key {key_name} ({rname}/BADKEY): the server does not know that "
+            "key — or, like Knot, says so when the key's ACL does not allow this change (another "
+            "account's zone, a type outside PTR/SRV/TXT/A/AAAA); add the account's key to the server "
+            "(btmm-account tsig-key prints it) or use the right account file"), rcode, tsig_error)
     if tsig_error == dns.rcode.BADTIME:
         detail = ""
         if server_time is not None:
