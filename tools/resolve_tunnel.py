@@ -25,7 +25,7 @@ import dns.name
 from rich.table import Table
 
 from dnssd_wa import driver, errors, names
-from dnssd_wa.browse import Problem, TunnelEndpoint
+from dnssd_wa.browse import Problem, TunnelEndpoint, TunnelPlan
 from tools.account_file import Account, load_account, state_dir
 from tools.browse import _server_config
 from tools.cli import (
@@ -120,10 +120,30 @@ def endpoint_problem(ep: TunnelEndpoint, problems: list[Problem],
     return None
 
 
+async def resolve_strict(client: driver.DnsClient,
+                         name: dns.name.Name) -> tuple[TunnelEndpoint, list[Problem]]:
+    """Like ``driver.resolve_tunnel_endpoint`` but a server that cannot be reached is fatal
+    (TransportFailed propagates) instead of a per-host problem."""
+    plan = TunnelPlan(name)
+    while questions := plan.questions():
+        results = await asyncio.gather(*(client.query(q.name, q.rdtype) for q in questions),
+                                       return_exceptions=True)
+        for q, res in zip(questions, results, strict=True):
+            if isinstance(res, errors.TransportFailed):
+                raise res
+            if isinstance(res, errors.DnssdError):
+                plan.answer(q, None, res.message)
+            elif isinstance(res, BaseException):
+                raise res
+            else:
+                plan.answer(q, res)
+    return plan.endpoint(), plan.problems
+
+
 async def resolve_one(client: driver.DnsClient, name: dns.name.Name, source: Record | None,
                       mine: ipaddress.IPv6Address | None) -> Record:
     t0 = time.monotonic()
-    ep, problems = await driver.resolve_tunnel_endpoint(client, name)
+    ep, problems = await resolve_strict(client, name)
     ms = round((time.monotonic() - t0) * 1000, 2)
     problem = endpoint_problem(ep, problems, mine)
     if problem is not None:
