@@ -54,6 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
     transport.add_argument("--tcp", action="store_true", help="DNS over TCP instead of UDP")
     parser.add_argument("--ca-file", metavar="FILE",
                         help="CA certificate(s) for --tls (default: system store)")
+    parser.add_argument("--tls-name", metavar="NAME",
+                        help="--tls: the name the server certificate must hold (default: the --server host)")
     parser.add_argument("--timeout", type=float, default=3.0, metavar="SECONDS",
                         help="per-query timeout (default 3)")
     parser.add_argument("--min-interval", type=float, default=1.0, metavar="SECONDS",
@@ -99,7 +101,8 @@ def _server_config(args: argparse.Namespace, account_server: str | None) -> driv
         host, port = driver.parse_hostport(server, default_port)
     except errors.BadName as exc:
         raise Fatal(exc.message) from None
-    return driver.ServerConfig(host, port, transport, ca_file=args.ca_file, timeout=args.timeout)
+    return driver.ServerConfig(host, port, transport, ca_file=args.ca_file, tls_hostname=args.tls_name,
+                               timeout=args.timeout)
 
 
 def _report(out: Output, problems: list[Problem]) -> None:

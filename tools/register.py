@@ -75,6 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
     transport.add_argument("--tcp", action="store_true", help="DNS over TCP instead of UDP")
     parser.add_argument("--ca-file", metavar="FILE",
                         help="CA certificate(s) for --tls (default: system store)")
+    parser.add_argument("--tls-name", metavar="NAME",
+                        help="--tls: the name the server certificate must hold (default: the --server host)")
     parser.add_argument("--lease", type=int, default=update.DEFAULT_LEASE, metavar="SECONDS",
                         help="Update Lease to ask for (RFC 9664; default 7200)")
     parser.add_argument("--once", action="store_true", help="register once and exit (records stay)")
@@ -139,7 +141,8 @@ async def resolve_target(args: argparse.Namespace, host: Host, out: Output) -> T
         raise Fatal(exc.message, EXIT_REMOTE) from None
     if args.ca_file and not Path(args.ca_file).is_file():
         raise Fatal(f"--ca-file {args.ca_file} does not exist")
-    cfg = driver.ServerConfig(h, p, transport, ca_file=args.ca_file, timeout=args.timeout)
+    cfg = driver.ServerConfig(h, p, transport, ca_file=args.ca_file, tls_hostname=args.tls_name,
+                              timeout=args.timeout)
     return Target(cfg, cfg.label)
 
 

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from tools.account_file import Account
-from tools.peers.bind import LOOPBACK, BindServer, PeerZone, free_port, stop_pid
+from tools.peers.bind import LOOPBACK, BindServer, PeerZone, free_port, key_b64, stop_pid
 from tools.peers.knot import KnotServer
 
 SERVER_KINDS = ["bind", "knot", "btmm-serve"]
@@ -81,7 +81,7 @@ KNOT_EXPECT = {
     "unsigned": ("NOTAUTH", ""),
     "yxrrset": ("YXRRSET", ""),
 }
-# btmm-serve promises BIND's rcodes (issue 4); it serves only the account's zone here
+# btmm-serve promises BIND's rcodes (issue 4)
 SERVE_EXPECT = dict(BIND_EXPECT)
 
 
@@ -112,9 +112,16 @@ def start_btmm_serve(account_file: Path, account: Account, workdir: Path, binary
     d = workdir / "btmm-serve"
     d.mkdir(parents=True, exist_ok=True)
     port, tls_port = free_port(), free_port()
+    # another account's zone with its own key (issue 4: --zone repeatable, --tsig-key FILE:ZONE)
+    other = _zones(account)[1]
+    other_key = d / "other.key"
+    other_key.write_text(f'key "{other.key_name}" {{\n\talgorithm hmac-sha256;\n'
+                         f'\tsecret "{key_b64(other.key_secret)}";\n}};\n')
+    other_key.chmod(0o600)
     argv = [binary, "--account", str(account_file), "--db", str(d / "state.db"),
             "--listen", f"{LOOPBACK}:{port}", "--tls-listen", f"{LOOPBACK}:{tls_port}",
-            "--self-signed", "--cert-dir", str(d), "--json"]
+            "--self-signed", "--cert-dir", str(d), "--json",
+            "--zone", account.domain, "--zone", OTHER_ZONE, "--tsig-key", f"{other_key}:{OTHER_ZONE}"]
     errlog = (d / "stderr.log").open("wb")
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=errlog, stdin=subprocess.DEVNULL)
     assert proc.stdout is not None
@@ -153,7 +160,7 @@ def start_btmm_serve(account_file: Path, account: Account, workdir: Path, binary
     return ServerUnderTest(
         kind="btmm-serve", zone=account.domain, port=port, tls_port=tls_port,
         ca_file=str(cert) if cert else None, tls_hostname="localhost", preserves_case=True,
-        echoes_lease=True, other_zone=None, expect=SERVE_EXPECT, stop=stop, pid=proc.pid, info=info)
+        echoes_lease=True, other_zone=OTHER_ZONE, expect=SERVE_EXPECT, stop=stop, pid=proc.pid, info=info)
 
 
 def start(kind: str, account_file: Path, account: Account, workdir: Path,

@@ -379,11 +379,12 @@ def test_register_over_tcp_and_tls(dns_env: DnsEnv) -> None:
         ).stdout
     )
     assert {stored(d, "TLS host"), stored(d, "TCP host")} <= {s["instance"] for s in svcs}
-    # the certificate names "localhost": asking for 127.0.0.1 must fail the hostname check
-    argv[argv.index("--server") + 1] = f"127.0.0.1:{d.server.tls_port}"
+    # the certificate does not name wrong.example: the hostname check must fail
+    argv += ["--tls-name", "wrong.example"]
     res = run_cli(d, argv)
     assert res.returncode == 2
-    assert "not valid for 127.0.0.1" in res.stderr and "Traceback" not in res.stderr
+    assert "not valid for wrong.example" in res.stderr and "Traceback" not in res.stderr
+    assert res.stderr.count("\n") == 1
 
 
 def test_nsupdate_adds_service_browse_finds_it(dns_env: DnsEnv, tmp_path: Path) -> None:
