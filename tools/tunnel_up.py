@@ -59,15 +59,22 @@ STATUS_COMPONENT = "tunnels"
 IkeMode = Callable[[argparse.Namespace, Datapath, Output, threading.Event], int]
 
 
+_IKE_IMPORT_ERROR: list[str] = []
+
+
 def load_ike_mode() -> tuple[IkeMode, Callable[[argparse.ArgumentParser], None] | None] | None:
     """HOOK: ``tools/tunnel_ike.py`` provides ``run_ike_mode`` (and optionally
-    ``add_arguments(parser)`` for its own flags). None while it does not exist."""
+    ``add_arguments(parser)`` for its own flags). None while it does not exist — or when it
+    cannot be imported (the reason is kept: IKE mode reports it, static keys still work)."""
     try:
         module = importlib.import_module("tools.tunnel_ike")
     except ModuleNotFoundError as exc:
-        if exc.name == "tools.tunnel_ike":
-            return None
-        raise
+        if exc.name != "tools.tunnel_ike":
+            _IKE_IMPORT_ERROR[:] = [f"{type(exc).__name__}: {exc}"]
+        return None
+    except ImportError as exc:
+        _IKE_IMPORT_ERROR[:] = [f"{type(exc).__name__}: {exc}"]
+        return None
     runner = getattr(module, "run_ike_mode", None)
     if runner is None:
         return None
@@ -264,6 +271,9 @@ def handle_static_event(dp: Datapath, out: Output, by_inner: dict[str, SAParams]
 def run_ike(args: argparse.Namespace, out: Output, signals: Signals) -> int:
     hook = load_ike_mode()
     if hook is None:
+        if _IKE_IMPORT_ERROR:
+            raise Fatal(f"IKE mode cannot start: tools.tunnel_ike failed to import "
+                        f"({_IKE_IMPORT_ERROR[0]}); reinstall btmm (scripts/setup)", EXIT_USAGE)
         raise Fatal("IKE mode (--listen, or tunnel-endpoint records on stdin) is not available in "
                     "this build yet; use --static-keys FILE", EXIT_USAGE)
     from tools.account_file import load_host

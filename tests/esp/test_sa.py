@@ -67,7 +67,9 @@ def test_missing_and_wrong_type() -> None:
 def test_keylog_lines() -> None:
     params = SAParams.from_json(dict(GOOD, suite="chacha20poly1305"))
     lines = esp_sa_lines(params)
-    assert lines[0] == ('"IPv4","*","*","0xc0ffee01","ChaCha20 with Poly1305 [RFC7634]",'
+    assert lines[0] == ('# "IPv4","*","*","0xc0ffee01","ChaCha20-Poly1305 [RFC7634]",'
                         '"0x' + "11" * 36 + '","NULL",""')
     assert "0xc0ffee02" in lines[1]
-    assert "AES-GCM with 16 octet ICV [RFC4106]" in esp_sa_line(1000, Suite.AES128GCM16, bytes(20))
+    assert esp_sa_line(1000, Suite.AES128GCM16, bytes(20)) == (
+        '"IPv4","*","*","0x000003e8","AES-GCM with 16 octet ICV [RFC4106]","0x' + "00" * 20
+        + '","NULL",""')
