@@ -186,10 +186,11 @@ def test_datagram_from_the_peer_reaches_udp_4500_and_delete_on_exit(topo: Topolo
 def test_router_restart_is_noticed_and_the_mapping_recreated(topo: Topology) -> None:
     watcher = Watcher(topo, topo.home.lan_ns, "--watch", "--json", "--lifetime", "3600")
     first = watcher.next_record()
+    mapped_at = time.monotonic()
     assert first["state"] == "mapped"
-    # RFC 6887 §8.5 tolerates 2 s of epoch drift: let miniupnpd run long enough that a
-    # restart is unambiguous.
-    time.sleep(max(0.0, topo.home.started_at + 3.5 - time.monotonic()))
+    # RFC 6887 §8.5 tolerates 2 s of epoch drift: wait until the epoch a restart drops back
+    # to 0 from is clearly above that.
+    time.sleep(max(0.0, mapped_at + 3.5 - first["epoch"] - time.monotonic()))
     topo.home.restart()  # like a reboot: miniupnpd restarts with an empty table and epoch 0
     second = watcher.next_record(timeout=20)
     assert second["state"] == "remapped", second
@@ -277,3 +278,27 @@ def test_no_default_route_is_a_clear_error(topo: Topology) -> None:
     err = result.stderr.decode()
     assert result.returncode == 3, err
     assert "no default IPv4 route" in err and "--gateway ADDR" in err and len(err.strip().splitlines()) == 1
+
+
+def test_announced_address_change_is_reported(topo: Topology) -> None:
+    """miniupnpd announces a new WAN address (SIGUSR1 makes it re-check) on 224.0.0.1:5350."""
+    home = topo.home
+    watcher = Watcher(topo, home.lan_ns, "--watch", "--json", "--internal-port", "4800")
+    first = watcher.next_record()
+    assert first["external_address"] == home.router_wan
+    pid = int((home.conf_path.parent / "miniupnpd.pid").read_text())
+    try:
+        topo.lab.run(home.router_ns, ["ip", "addr", "del", home.wan_addr, "dev", home.WAN_IF])
+        topo.lab.run(home.router_ns, ["ip", "addr", "add", "198.18.1.3/24", "dev", home.WAN_IF])
+        topo.lab.route(home.router_ns, "default", "via", home.wan_peer)
+        os.kill(pid, signal.SIGUSR1)
+        second = watcher.next_record()
+        assert second["external_address"] == "198.18.1.3" and second["external_port"] == 4800
+        assert second["state"] in ("changed", "remapped")
+        assert "dport 4800 dnat" in home.rules()
+        assert watcher.stop() == 0, watcher.stderr()
+    finally:
+        topo.lab.run(home.router_ns, ["ip", "addr", "flush", "dev", home.WAN_IF])
+        topo.lab.run(home.router_ns, ["ip", "addr", "add", home.wan_addr, "dev", home.WAN_IF])
+        topo.lab.route(home.router_ns, "default", "via", home.wan_peer)
+        os.kill(pid, signal.SIGUSR1)
