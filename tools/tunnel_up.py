@@ -223,6 +223,7 @@ def run_static(args: argparse.Namespace, out: Output, signals: Signals) -> int:
         write_keylog(Path(args.keylog), [p for p, _ in peers])
         out.explain(f"keylog written to {args.keylog}")
     events: queue.SimpleQueue[DatapathEvent] = queue.SimpleQueue()
+    signals.install()
     dp = start_datapath(args, inner, port, events.put)
     status_dir = state_dir(getattr(args, "state_dir", None))
     by_inner = {str(p.inner): p for p, _ in peers}
@@ -281,6 +282,7 @@ def run_ike(args: argparse.Namespace, out: Output, signals: Signals) -> int:
     host = load_host(getattr(args, "account", None), getattr(args, "host", None),
                      getattr(args, "state_dir", None))
     port = args.port if args.port is not None else DEFAULT_PORT
+    signals.install()
     dp = start_datapath(args, str(host.ula), port, None)
     try:
         return hook[0](args, dp, out, signals.stop)
@@ -294,7 +296,6 @@ def main_body() -> int:
     if args.static_keys and args.listen:
         raise Fatal("--static-keys and --listen exclude each other: static keys need no IKE")
     signals = Signals()
-    signals.install()
     if args.static_keys:
         return run_static(args, out, signals)
     if args.listen or stdin_records_available():
