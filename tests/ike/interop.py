@@ -24,16 +24,39 @@ SWAN_INNER = "fd00:b0b:1::2"
 class Runner:
     """``python -m tools.tunnel_ike`` in a namespace; events read as JSON lines."""
 
-    def __init__(self, lab: Lab, ns: str, tmp: Path, *extra: str, psk: bytes = PSK,
-                 inner: str = BTMM_INNER, ident: str = BTMM_ID) -> None:
+    def __init__(
+        self,
+        lab: Lab,
+        ns: str,
+        tmp: Path,
+        *extra: str,
+        psk: bytes = PSK,
+        inner: str = BTMM_INNER,
+        ident: str = BTMM_ID,
+    ) -> None:
         psk_file = tmp / f"psk-{ns}"
         psk_file.write_bytes(psk)
         psk_file.chmod(0o600)
-        argv = [sys.executable, "-m", "tools.tunnel_ike", "--psk-file", str(psk_file), "--id", ident,
-                "--inner", inner, *extra]
-        self.proc = lab.popen(ns, argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                              stderr=open(tmp / f"runner-{ns}.err", "wb"),
-                              cwd=str(Path(__file__).resolve().parents[2]))
+        argv = [
+            sys.executable,
+            "-m",
+            "tools.tunnel_ike",
+            "--psk-file",
+            str(psk_file),
+            "--id",
+            ident,
+            "--inner",
+            inner,
+            *extra,
+        ]
+        self.proc = lab.popen(
+            ns,
+            argv,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=open(tmp / f"runner-{ns}.err", "wb"),
+            cwd=str(Path(__file__).resolve().parents[2]),
+        )
         self.events: queue.SimpleQueue[dict[str, Any]] = queue.SimpleQueue()
         self.seen: list[dict[str, Any]] = []
         self.errfile = tmp / f"runner-{ns}.err"
@@ -65,8 +88,15 @@ class Runner:
                 return e
             self.seen.append(e)
         err = self.errfile.read_text(errors="replace")[-1500:]
-        raise LabError(f"no {event} {match} within {timeout}s; saw {[x['event'] for x in self.seen][-20:]}"
-                       f"; stderr: {err}")
+        raise LabError(
+            f"no {event} {match} within {timeout}s; saw {[x['event'] for x in self.seen][-20:]}"
+            f"; stderr: {err}"
+        )
+
+    def clear(self) -> None:
+        """Forget events seen so far (each check starts fresh)."""
+        self.drain()
+        self.seen.clear()
 
     def drain(self) -> list[dict[str, Any]]:
         while True:
@@ -87,8 +117,15 @@ def direct_topology(lab: Lab) -> tuple[str, str, str, str]:
 
 
 def swan_conn(name: str, remote: str, **kw: Any) -> Conn:
-    return Conn(name=name, local_id=SWAN_ID, remote_id=BTMM_ID, local_ts=SWAN_INNER, remote_ts=BTMM_INNER,
-                remote_addrs=remote, **kw)
+    return Conn(
+        name=name,
+        local_id=SWAN_ID,
+        remote_id=BTMM_ID,
+        local_ts=SWAN_INNER,
+        remote_ts=BTMM_INNER,
+        remote_addrs=remote,
+        **kw,
+    )
 
 
 def start_charon(lab: Lab, ns: str, tmp: Path, conns: list[Conn], psk: bytes = PSK) -> Charon:
@@ -96,3 +133,75 @@ def start_charon(lab: Lab, ns: str, tmp: Path, conns: list[Conn], psk: bytes = P
     charon.start()
     charon.load(conns, psk)
     return charon
+
+
+TCP_SERVER = """
+import socket, sys
+s = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind((sys.argv[1], 5001)); s.listen(4)
+print("ready", flush=True)
+while True:
+    c, _ = s.accept()
+    n = int(c.recv(16).decode())
+    c.sendall(b"x" * n); c.close()
+"""
+
+TCP_CLIENT = """
+import socket, sys
+c = socket.create_connection((sys.argv[1], 5001), timeout=10)
+c.sendall(str(int(sys.argv[2])).encode().ljust(16))
+got = 0
+while True:
+    b = c.recv(65536)
+    if not b: break
+    got += len(b)
+print(got)
+"""
+
+
+def start_tcp_server(lab: Lab, ns: str, address: str) -> None:
+    proc = lab.popen(ns, [sys.executable, "-c", TCP_SERVER, address], stdout=subprocess.PIPE)
+    assert proc.stdout is not None
+    if proc.stdout.readline().strip() != b"ready":
+        raise LabError("TCP server did not start")
+
+
+def tcp_transfer(lab: Lab, ns: str, address: str, size: int = 2_000_000) -> int:
+    out = lab.run(ns, [sys.executable, "-c", TCP_CLIENT, address, str(size)], timeout=30)
+    return int(out.stdout.decode().strip())
+
+
+def ping(lab: Lab, ns: str, address: str, count: int = 3, interval: float = 0.2) -> int:
+    """Number of replies."""
+    out = lab.run(
+        ns,
+        ["ping", "-6", "-n", "-c", str(count), "-i", str(interval), "-W", "2", address],
+        check=False,
+        timeout=count * interval + 10,
+    )
+    import re
+
+    m = re.search(r"(\d+) received", out.stdout.decode())
+    return int(m.group(1)) if m else 0
+
+
+class BackgroundPing:
+    """ping -6 running while something happens (rekey with traffic flowing)."""
+
+    def __init__(self, lab: Lab, ns: str, address: str, count: int = 40, interval: float = 0.05) -> None:
+        self.lab = lab
+        self.proc = lab.popen(
+            ns,
+            ["ping", "-6", "-n", "-c", str(count), "-i", str(interval), "-W", "1", address],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
+
+    def result(self) -> tuple[int, int]:
+        """(transmitted, received)."""
+        import re
+
+        out, _ = self.proc.communicate(timeout=30)
+        m = re.search(r"(\d+) packets transmitted, (\d+) received", out.decode())
+        return (int(m.group(1)), int(m.group(2))) if m else (0, 0)

@@ -191,7 +191,9 @@ swanctl {{
             if m:
                 return m
             time.sleep(0.05)
-        raise LabError(f"timed out after {timeout}s waiting for /{pattern}/ in {self.log}")
+        tail = "\n".join(line for line in self.log_text()[after:].splitlines() if "  " not in line[16:30])
+        raise LabError(f"timed out after {timeout}s waiting for /{pattern}/ in {self.log}; "
+                       f"log:\n{tail[-2500:]}")
 
     def log_size(self) -> int:
         return len(self.log_text())
@@ -205,9 +207,19 @@ swanctl {{
 def child_sas(raw: str) -> list[dict[str, str]]:
     """CHILD SAs from ``swanctl --list-sas --raw`` (spi-in/out, encr-alg, keysize, state)."""
     out = []
-    for m in re.finditer(r"child-sas \{(.*?)\}\s*\}", raw, re.S):
+    for m in re.finditer(r"child-sas \{(.*?\})\s*\}", raw, re.S):
         for c in re.finditer(r"\S+ \{([^{}]*)\}", m.group(1)):
             fields = dict(re.findall(r"([\w-]+)=(\S+)", c.group(1)))
             if "spi-in" in fields:
                 out.append(fields)
+    return out
+
+
+def ike_sas(raw: str) -> list[dict[str, str]]:
+    """IKE SAs from ``swanctl --list-sas --raw``: name, uniqueid, state, spis, algorithms."""
+    out = []
+    for m in re.finditer(r"list-sa event \{(\S+) \{(.*?)child-sas \{", raw, re.S):
+        fields = dict(re.findall(r"([\w-]+)=(\S+)", m.group(2)))
+        fields["name"] = m.group(1)
+        out.append(fields)
     return out
