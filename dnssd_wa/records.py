@@ -38,6 +38,7 @@ HOST_TTL = 120
 SERVICE_TTL = 120
 ENUM_TTL = 4500
 IN = dns.rdataclass.IN
+ULA_NETWORK = ipaddress.IPv6Network("fc00::/7")
 # dnspython's rdata constructors are untyped: called through Any.
 _PTR: Any = dns.rdtypes.ANY.PTR.PTR
 _TXT: Any = dns.rdtypes.ANY.TXT.TXT
@@ -113,8 +114,8 @@ def host_records(spec: HostSpec) -> tuple[RRSet, ...]:
     """The host's whole record set (DESIGN.md §4), own RRsets first, shared PTRs last."""
     dom = names.domain_name(spec.domain)
     host = names.host_name(spec.host_label, dom)
-    if not spec.ula.is_private:
-        raise BadName(f"{spec.ula} is not a ULA (fd00::/8)")
+    if spec.ula not in ULA_NETWORK:
+        raise BadName(f"{spec.ula} is not a ULA (fc00::/7)")
     own: list[RRSet] = [RRSet(host, dns.rdatatype.AAAA, HOST_TTL,
                               (_AAAA(IN, dns.rdatatype.AAAA, str(spec.ula)),))]
     shared: list[RRSet] = []
