@@ -64,6 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
     transport.add_argument("--tls", action="store_true", help="DNS over TLS (port 853 by default)")
     transport.add_argument("--tcp", action="store_true", help="DNS over TCP instead of UDP")
     parser.add_argument("--ca-file", metavar="FILE", help="CA certificate(s) for --tls")
+    parser.add_argument("--tls-name", metavar="NAME",
+                        help="name the server's certificate must carry (default: the server host)")
     parser.add_argument("--timeout", type=float, default=3.0, metavar="SECONDS",
                         help="per-query timeout (default 3)")
     return parser

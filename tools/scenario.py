@@ -117,9 +117,9 @@ class Stage:
                     return rec
                 if rec.get("type") == "error":
                     raise ScenarioError(f"{self.name}: {rec.get('error')}")
-            dead = [p for p in self.procs if p.poll() is not None]
-            if dead and not self._pending_output():
-                raise ScenarioError(f"{self.name}: exited ({dead[0].returncode}) before {what}: "
+            last = self.procs[-1]
+            if last.poll() is not None and not self._pending_output():
+                raise ScenarioError(f"{self.name}: exited ({last.returncode}) before {what}: "
                                     f"{self.stderr_tail()}")
         raise ScenarioError(f"{self.name}: no {what} within {timeout:.0f} s; {self.stderr_tail()}")
 
@@ -163,6 +163,9 @@ class World:
                                 wan_peer_addr="198.18.2.1/24", lan_prefix="10.2.0.0/24", run_miniupnpd=False,
                                 workdir=wd / "cafe-router")
         lab.addr(world.internet.ns, "lo", f"{DNS_ADDR}/32")
+        # The outer networks are IPv4-only, as BTMM's world was: IPv6 exists only inside tunnels.
+        for ns in (world.internet.ns, world.home.router_ns, world.cafe.router_ns):
+            lab.sysctl(ns, "net.ipv6.conf.all.disable_ipv6", "1")
         return world
 
     # ------------------------------------------------------------------ environment
