@@ -19,6 +19,7 @@ from types import FrameType
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.panel import Panel
 from rich.table import Table
 
@@ -40,7 +41,11 @@ def _show(console: Console, title: str, command: str, record: dict[str, Any], ke
     for key in keys:
         if key in record:
             value = record[key]
-            table.add_row(key, value if isinstance(value, str) else json.dumps(value, ensure_ascii=False))
+            if isinstance(value, list):
+                text = "\n".join(str(v) for v in value)
+            else:
+                text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+            table.add_row(key, escape(text))
     console.print(Panel(table, title=f"[bold]{title}[/bold]", subtitle=f"[dim]{command}[/dim]",
                         title_align="left", subtitle_align="left"))
 
@@ -84,7 +89,8 @@ def run_demo(console: Console, keep: Path | None) -> dict[str, Any]:
 
         console.rule("[bold]3. fetch the service through the tunnel")
         body, ttfb = world.fetch(str(up["inner_remote"]))
-        console.print(Panel(body.strip(), title=f"GET http://[{up['inner_remote']}]:{SERVICE_PORT}/",
+        console.print(Panel(escape(body.strip()),
+                            title=escape(f"GET http://[{up['inner_remote']}]:{SERVICE_PORT}/"),
                             subtitle=f"first byte after {ttfb * 1000:.1f} ms", title_align="left"))
         summary.update(response=body.strip().splitlines()[-1] if body.strip() else "",
                        ttfb_ms=round(ttfb * 1000, 1))
