@@ -32,16 +32,20 @@ import queue
 import secrets
 import select
 import socket
+import subprocess
 import sys
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ike_lite import Config, IkeEndpoint
 from ike_lite import events as ev
 from ike_lite.const import NON_ESP_MARKER, DhGroup
+
+if TYPE_CHECKING:
+    from tools.netns import Lab
 
 Addr = tuple[str, int]
 
@@ -85,11 +89,18 @@ class IkeService:
     """ike_lite endpoint + I/O + datapath keying. Thread-safe entry points: ``on_ike``,
     ``initiate``, ``command``, ``stop``; everything else runs in :meth:`run`'s thread."""
 
-    def __init__(self, config: Config, transport: Transport, *, datapath: Any = None,
-                 ike_port: int | None = None, bind: str = "0.0.0.0",  # noqa: S104
-                 on_event: Callable[[ev.Event], None] | None = None,
-                 rng: Callable[[int], bytes] = secrets.token_bytes,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        config: Config,
+        transport: Transport,
+        *,
+        datapath: Any = None,
+        ike_port: int | None = None,
+        bind: str = "0.0.0.0",  # noqa: S104
+        on_event: Callable[[ev.Event], None] | None = None,
+        rng: Callable[[int], bytes] = secrets.token_bytes,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.clock = clock
         self.endpoint = IkeEndpoint(config, rng, clock())
         self.transport = transport
@@ -207,8 +218,9 @@ class IkeService:
             try:
                 if name == "rekey-child":
                     pfs = kw.get("pfs")
-                    self.endpoint.rekey_child(h, now, DhGroup(pfs) if isinstance(pfs, int) and
-                                              not isinstance(pfs, bool) else pfs)
+                    self.endpoint.rekey_child(
+                        h, now, DhGroup(pfs) if isinstance(pfs, int) and not isinstance(pfs, bool) else pfs
+                    )
                 elif name == "rekey-ike":
                     self.endpoint.rekey_ike(h, now)
                 elif name == "delete-child":
@@ -269,13 +281,27 @@ def event_record(e: ev.Event) -> dict[str, Any] | None:
     """The JSON-able form of an event (no keys), for records and the test runner."""
     base: dict[str, Any] = {"event": type(e).__name__, "handle": e.handle}
     if isinstance(e, ev.IkeSaUp):
-        base.update(peer=ev.fmt_addr(e.peer_addr), peer_id=e.peer_id, suite=e.suite, initiator=e.initiator,
-                    spi_i=e.spi_i.hex(), spi_r=e.spi_r.hex(), nat_local=e.nat_local, nat_remote=e.nat_remote)
+        base.update(
+            peer=ev.fmt_addr(e.peer_addr),
+            peer_id=e.peer_id,
+            suite=e.suite,
+            initiator=e.initiator,
+            spi_i=e.spi_i.hex(),
+            spi_r=e.spi_r.hex(),
+            nat_local=e.nat_local,
+            nat_remote=e.nat_remote,
+        )
     elif isinstance(e, ev.ChildSaUp):
         c = e.child
-        base.update(inner=c.inner, outer=ev.fmt_addr(c.outer), suite=c.suite, spi_in=c.spi_in.hex(),
-                    spi_out=c.spi_out.hex(), rekey_of=e.rekey_of.hex() if e.rekey_of else None,
-                    setup_ms=round(e.setup_s * 1000, 3) if e.setup_s is not None else None)
+        base.update(
+            inner=c.inner,
+            outer=ev.fmt_addr(c.outer),
+            suite=c.suite,
+            spi_in=c.spi_in.hex(),
+            spi_out=c.spi_out.hex(),
+            rekey_of=e.rekey_of.hex() if e.rekey_of else None,
+            setup_ms=round(e.setup_s * 1000, 3) if e.setup_s is not None else None,
+        )
     elif isinstance(e, ev.ChildSaDown):
         base.update(inner=e.inner, spi_in=e.spi_in.hex(), spi_out=e.spi_out.hex(), reason=e.reason)
     elif isinstance(e, ev.IkeSaDown | ev.ChildSaFailed):
@@ -289,8 +315,14 @@ def event_record(e: ev.Event) -> dict[str, Any] | None:
     elif isinstance(e, ev.Dropped):
         base.update(reason=e.reason, peer=ev.fmt_addr(e.peer_addr))
     elif isinstance(e, ev.MessageLogged):
-        base.update(direction=e.direction, exchange=e.exchange, message_id=e.message_id,
-                    response=e.response, payloads=list(e.payloads), length=e.length)
+        base.update(
+            direction=e.direction,
+            exchange=e.exchange,
+            message_id=e.message_id,
+            response=e.response,
+            payloads=list(e.payloads),
+            length=e.length,
+        )
     return base
 
 
@@ -304,10 +336,20 @@ def parse_addr(text: str, default_port: int = 4500) -> Addr:
 # ---------------------------------------------------------------------------- tunnel_up hook
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("IKE mode")
-    group.add_argument("--ike-port", type=int, default=None, metavar="PORT",
-                       help="also answer IKE on this plain UDP port (500: initiators that start there)")
-    group.add_argument("--dpd", type=float, default=30.0, metavar="SEC",
-                       help="liveness check after SEC s without a message from the peer (default 30)")
+    group.add_argument(
+        "--ike-port",
+        type=int,
+        default=None,
+        metavar="PORT",
+        help="also answer IKE on this plain UDP port (500: initiators that start there)",
+    )
+    group.add_argument(
+        "--dpd",
+        type=float,
+        default=30.0,
+        metavar="SEC",
+        help="liveness check after SEC s without a message from the peer (default 30)",
+    )
     group.add_argument("--pfs", action="store_true", help="use a fresh DH exchange for CHILD SA rekeys")
 
 
@@ -316,11 +358,16 @@ def run_ike_mode(args: argparse.Namespace, datapath: Any, out: Any, stop: thread
     from tools.account_file import load_host
     from tools.cli import EXIT_OK, EXIT_PARTIAL, error_record, make_record, read_records
 
-    host = load_host(getattr(args, "account", None), getattr(args, "host", None),
-                     getattr(args, "state_dir", None))
-    config = Config(psk=host.account.ike_psk, local_id=host.fqdn, local_inner=str(host.ula),
-                    dpd_interval=getattr(args, "dpd", 30.0),
-                    pfs_group=DhGroup.CURVE25519 if getattr(args, "pfs", False) else None)
+    host = load_host(
+        getattr(args, "account", None), getattr(args, "host", None), getattr(args, "state_dir", None)
+    )
+    config = Config(
+        psk=host.account.ike_psk,
+        local_id=host.fqdn,
+        local_inner=str(host.ula),
+        dpd_interval=getattr(args, "dpd", 30.0),
+        pfs_group=DhGroup.CURVE25519 if getattr(args, "pfs", False) else None,
+    )
     failures = 0
     inputs: dict[int, dict[str, Any]] = {}
 
@@ -329,13 +376,32 @@ def run_ike_mode(args: argparse.Namespace, datapath: Any, out: Any, stop: thread
         rec = event_record(e) or {}
         if isinstance(e, ev.ChildSaUp):
             state = "rekeyed" if e.rekey_of else "up"
-            out.emit(make_record("tunnel", state=state, peer=e.child.inner, inner_local=e.child.local_inner,
-                                 inner_remote=e.child.inner, outer=rec["outer"], spi_in=rec["spi_in"],
-                                 spi_out=rec["spi_out"], suite=e.child.suite, setup_ms=rec["setup_ms"]))
+            out.emit(
+                make_record(
+                    "tunnel",
+                    state=state,
+                    peer=e.child.inner,
+                    inner_local=e.child.local_inner,
+                    inner_remote=e.child.inner,
+                    outer=rec["outer"],
+                    spi_in=rec["spi_in"],
+                    spi_out=rec["spi_out"],
+                    suite=e.child.suite,
+                    setup_ms=rec["setup_ms"],
+                )
+            )
         elif isinstance(e, ev.IkeSaDown):
             if e.established:
-                out.emit(make_record("tunnel", state="down", peer=e.peer_id, reason=e.reason,
-                                     message=e.message, outer=rec["peer"]))
+                out.emit(
+                    make_record(
+                        "tunnel",
+                        state="down",
+                        peer=e.peer_id,
+                        reason=e.reason,
+                        message=e.message,
+                        outer=rec["peer"],
+                    )
+                )
             else:
                 failures += 1
                 out.warn(e.message)
@@ -347,8 +413,9 @@ def run_ike_mode(args: argparse.Namespace, datapath: Any, out: Any, stop: thread
         elif isinstance(e, ev.IkeSaUp):
             out.explain(f"IKE SA up with {e.peer_id} at {rec['peer']} ({e.suite})")
 
-    service = IkeService(config, datapath, datapath=datapath, ike_port=getattr(args, "ike_port", None),
-                         on_event=on_event)
+    service = IkeService(
+        config, datapath, datapath=datapath, ike_port=getattr(args, "ike_port", None), on_event=on_event
+    )
     datapath.on_ike = service.on_ike
     if not getattr(args, "listen", False):
         for record in read_records(sys.stdin, "btmm-tunnel-up"):
@@ -366,9 +433,90 @@ def run_ike_mode(args: argparse.Namespace, datapath: Any, out: Any, stop: thread
 
 
 # ---------------------------------------------------------------------------- test/bench runner
+class ServiceProcess:
+    """``python -m tools.tunnel_ike`` in a network namespace, events read as JSON lines, commands
+    written as JSON lines (used by tests/ike and bench/ike_setup.py; stopped by PID with the Lab)."""
+
+    def __init__(self, lab: Lab, ns: str, tmp: Path, *extra: str, psk: bytes, inner: str, ident: str) -> None:
+        psk_file = tmp / f"psk-{ns}"
+        psk_file.write_bytes(psk)
+        psk_file.chmod(0o600)
+        argv = [
+            sys.executable,
+            "-m",
+            "tools.tunnel_ike",
+            "--psk-file",
+            str(psk_file),
+            "--id",
+            ident,
+            "--inner",
+            inner,
+            *extra,
+        ]
+        self.proc = lab.popen(
+            ns,
+            argv,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=open(tmp / f"runner-{ns}.err", "wb"),
+            cwd=str(Path(__file__).resolve().parents[1]),
+        )
+        self.events: queue.SimpleQueue[dict[str, Any]] = queue.SimpleQueue()
+        self.seen: list[dict[str, Any]] = []
+        self.errfile = tmp / f"runner-{ns}.err"
+        threading.Thread(target=self._read, daemon=True).start()
+        self.wait("ready", timeout=20)
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.events.put(json.loads(line))
+
+    def send(self, **cmd: Any) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write((json.dumps(cmd) + "\n").encode())
+        self.proc.stdin.flush()
+
+    def wait(self, event: str, timeout: float = 15.0, **match: Any) -> dict[str, Any]:
+        for e in self.seen:
+            if e["event"] == event and all(e.get(k) == v for k, v in match.items()):
+                self.seen.remove(e)
+                return e
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                e = self.events.get(timeout=0.1)
+            except queue.Empty:
+                continue
+            if e["event"] == event and all(e.get(k) == v for k, v in match.items()):
+                return e
+            self.seen.append(e)
+        err = self.errfile.read_text(errors="replace")[-1500:]
+        from tools.netns import LabError
+
+        raise LabError(
+            f"no {event} {match} within {timeout}s; saw {[x['event'] for x in self.seen][-20:]}"
+            f"; stderr: {err}"
+        )
+
+    def clear(self) -> None:
+        """Forget events seen so far (each check starts fresh)."""
+        self.drain()
+        self.seen.clear()
+
+    def drain(self) -> list[dict[str, Any]]:
+        while True:
+            try:
+                self.seen.append(self.events.get_nowait())
+            except queue.Empty:
+                return self.seen
+
+
 def _runner_main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m tools.tunnel_ike",
-                                description="ike_lite service with JSON-lines events (tests, benchmarks)")
+    p = argparse.ArgumentParser(
+        prog="python -m tools.tunnel_ike",
+        description="ike_lite service with JSON-lines events (tests, benchmarks)",
+    )
     p.add_argument("--psk-file", required=True)
     p.add_argument("--id", required=True)
     p.add_argument("--inner", required=True)
@@ -384,11 +532,19 @@ def _runner_main(argv: list[str] | None = None) -> int:
     p.add_argument("--log-messages", action="store_true")
     args = p.parse_args(argv)
     psk = Path(args.psk_file).read_bytes()
-    config = Config(psk=psk, local_id=args.id, local_inner=args.inner, dpd_interval=args.dpd,
-                    ike_encr=tuple(args.ike_encr.split(",")), esp_encr=tuple(args.esp_encr.split(",")),
-                    groups=tuple(DhGroup(int(g)) for g in args.groups.split(",")),
-                    cookie_threshold=args.cookie_threshold, log_messages=args.log_messages,
-                    retransmit_timeout=0.5, retransmit_tries=4)
+    config = Config(
+        psk=psk,
+        local_id=args.id,
+        local_inner=args.inner,
+        dpd_interval=args.dpd,
+        ike_encr=tuple(args.ike_encr.split(",")),
+        esp_encr=tuple(args.esp_encr.split(",")),
+        groups=tuple(DhGroup(int(g)) for g in args.groups.split(",")),
+        cookie_threshold=args.cookie_threshold,
+        log_messages=args.log_messages,
+        retransmit_timeout=0.5,
+        retransmit_tries=4,
+    )
     lock = threading.Lock()
 
     def emit(obj: dict[str, Any]) -> None:
@@ -420,7 +576,8 @@ def _runner_main(argv: list[str] | None = None) -> int:
         dp.on_ike = service.on_ike
     else:
         transport.on_ike = lambda data, addr: service.endpoint.receive_datagram(
-            NON_ESP_MARKER + data, addr, time.monotonic(), natt=True)
+            NON_ESP_MARKER + data, addr, time.monotonic(), natt=True
+        )
 
     def commands() -> None:
         for line in sys.stdin:
@@ -429,8 +586,18 @@ def _runner_main(argv: list[str] | None = None) -> int:
             except json.JSONDecodeError:
                 continue
             if cmd.get("cmd") == "initiate":
-                service.initiate(parse_addr(cmd["addr"]), cmd.get("peer_id"), cmd["inner"],
-                                 natt=cmd.get("natt", True))
+                service.initiate(
+                    parse_addr(cmd["addr"]), cmd.get("peer_id"), cmd["inner"], natt=cmd.get("natt", True)
+                )
+            elif cmd.get("cmd") == "stats":
+                emit(
+                    {
+                        "event": "stats",
+                        **service.endpoint.stats,
+                        "sessions": len(service.endpoint.sessions()),
+                        "t": time.monotonic(),
+                    }
+                )
             elif cmd.get("cmd") == "quit":
                 break
             else:

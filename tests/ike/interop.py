@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import json
-import queue
 import subprocess
 import sys
-import threading
-import time
 from pathlib import Path
 from typing import Any
 
 from tools.netns import Lab, LabError
 from tools.peers.strongswan import Charon, Conn
+from tools.tunnel_ike import ServiceProcess
 
 PSK = b"btmm interop psk: 0123456789abcdef0123456789abcdef"
 BTMM_ID = "imac.bob.members.example"
@@ -21,8 +18,8 @@ BTMM_INNER = "fd00:b0b:1::1"
 SWAN_INNER = "fd00:b0b:1::2"
 
 
-class Runner:
-    """``python -m tools.tunnel_ike`` in a namespace; events read as JSON lines."""
+class Runner(ServiceProcess):
+    """Our IKE service in ``ns`` with this suite's PSK and identity."""
 
     def __init__(
         self,
@@ -34,76 +31,7 @@ class Runner:
         inner: str = BTMM_INNER,
         ident: str = BTMM_ID,
     ) -> None:
-        psk_file = tmp / f"psk-{ns}"
-        psk_file.write_bytes(psk)
-        psk_file.chmod(0o600)
-        argv = [
-            sys.executable,
-            "-m",
-            "tools.tunnel_ike",
-            "--psk-file",
-            str(psk_file),
-            "--id",
-            ident,
-            "--inner",
-            inner,
-            *extra,
-        ]
-        self.proc = lab.popen(
-            ns,
-            argv,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=open(tmp / f"runner-{ns}.err", "wb"),
-            cwd=str(Path(__file__).resolve().parents[2]),
-        )
-        self.events: queue.SimpleQueue[dict[str, Any]] = queue.SimpleQueue()
-        self.seen: list[dict[str, Any]] = []
-        self.errfile = tmp / f"runner-{ns}.err"
-        threading.Thread(target=self._read, daemon=True).start()
-        self.wait("ready", timeout=20)
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self.events.put(json.loads(line))
-
-    def send(self, **cmd: Any) -> None:
-        assert self.proc.stdin is not None
-        self.proc.stdin.write((json.dumps(cmd) + "\n").encode())
-        self.proc.stdin.flush()
-
-    def wait(self, event: str, timeout: float = 15.0, **match: Any) -> dict[str, Any]:
-        for e in self.seen:
-            if e["event"] == event and all(e.get(k) == v for k, v in match.items()):
-                self.seen.remove(e)
-                return e
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                e = self.events.get(timeout=0.1)
-            except queue.Empty:
-                continue
-            if e["event"] == event and all(e.get(k) == v for k, v in match.items()):
-                return e
-            self.seen.append(e)
-        err = self.errfile.read_text(errors="replace")[-1500:]
-        raise LabError(
-            f"no {event} {match} within {timeout}s; saw {[x['event'] for x in self.seen][-20:]}"
-            f"; stderr: {err}"
-        )
-
-    def clear(self) -> None:
-        """Forget events seen so far (each check starts fresh)."""
-        self.drain()
-        self.seen.clear()
-
-    def drain(self) -> list[dict[str, Any]]:
-        while True:
-            try:
-                self.seen.append(self.events.get_nowait())
-            except queue.Empty:
-                return self.seen
+        super().__init__(lab, ns, tmp, *extra, psk=psk, inner=inner, ident=ident)
 
 
 def direct_topology(lab: Lab) -> tuple[str, str, str, str]:

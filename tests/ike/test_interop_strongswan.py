@@ -58,6 +58,7 @@ class Topo:
 
     def restart_runner(self, *extra: str, psk: bytes = PSK) -> Runner:
         self.lab.stop(self.runner.proc)
+        _wait_swan_clean(self)  # strongSwan must not reuse an IKE SA of the old process
         self.runner = Runner(
             self.lab, self.ours, self.tmp, "--datapath", "--ike-port", "500", *extra, psk=psk
         )
