@@ -144,6 +144,7 @@ swanctl {{
 
     def start(self, timeout: float = 15.0) -> None:
         self.write_config()
+        self.vici.unlink(missing_ok=True)  # a stale socket from an earlier charon in this dir
         script = (f"mount --bind {self.dir / 'run'} /run && exec env STRONGSWAN_CONF={self.conf} {CHARON}")
         self.proc = self.lab.popen(self.ns, ["unshare", "-m", "--propagation", "private", "sh", "-c", script],
                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
