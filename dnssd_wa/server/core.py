@@ -142,7 +142,7 @@ class ServerCore:
         self._sub_ids = itertools.count(1)
         self._leases: list[tuple[float, int, Zone, dns.name.Name, Rec]] = []
         self._lease_seq = itertools.count()
-        self._seen_macs: dict[bytes, float] = {}
+        self._seen_macs: dict[bytes, float] = {}  # insertion-ordered: oldest first
         self.on_schedule: Callable[[], None] = lambda: None
         self.purged = store.purge_expired(now)
         for origin in origins:
@@ -156,7 +156,7 @@ class ServerCore:
             if zone is None:
                 self.orphans += 1
                 continue
-            rec = Rec(stored.rdata, stored.ttl, stored.expires, stored.rid)
+            rec = Rec(None, stored.ttl, stored.expires, stored.rid, wire=stored.wire, rdtype=stored.rdtype)
             zone.add(stored.owner, rec)
             if rec.expires is not None:
                 self._schedule(zone, stored.owner, rec)
@@ -166,14 +166,30 @@ class ServerCore:
         """Response bytes for one request, or None to drop it."""
         if len(wire) < 12:
             return None
-        try:
-            msg = dns.message.from_wire(wire, keyring=False)
+        tsig_failure = 0
+        try:  # one parse; dnspython verifies a TSIG on the way (RFC 8945 §5.2)
+            msg = dns.message.from_wire(wire, keyring=self._key_for)
+        except (dns.message.UnknownTSIGKey, dns.tsig.BadKey, dns.tsig.BadAlgorithm):
+            tsig_failure = dns.rcode.BADKEY
+        except dns.tsig.BadTime:
+            tsig_failure = dns.rcode.BADTIME
+        except (dns.tsig.BadSignature, dns.tsig.PeerError):
+            tsig_failure = dns.rcode.BADSIG
         except Exception:  # dnspython raises many classes for malformed input
             return self._formerr(wire)
+        if tsig_failure:
+            try:
+                msg = dns.message.from_wire(wire, keyring=False)
+            except Exception:
+                return self._formerr(wire)
         if msg.flags & dns.flags.QR:
             return None
+        entry = self.keys.get(msg.keyname) if msg.keyname is not None and not tsig_failure else None
         try:
-            response = self._dispatch(msg, wire, transport, now, peer)
+            if tsig_failure:
+                response = self._tsig_failure(msg, tsig_failure, now, peer)
+            else:
+                response = self._dispatch(msg, entry, transport, now, peer)
         except dns.exception.DNSException:
             response = self._plain_error(msg, dns.rcode.FORMERR)
         if transport == "udp":
@@ -188,6 +204,10 @@ class ServerCore:
                 and len(self.udp_cache) < UDP_CACHE_MAX):
             self.udp_cache[wire[2:]] = out[2:]
         return out
+
+    def _key_for(self, _msg: dns.message.Message, name: dns.name.Name) -> dns.tsig.Key | None:
+        entry = self.keys.get(name)
+        return entry.key if entry is not None else None
 
     def _formerr(self, wire: bytes) -> bytes | None:
         try:
@@ -207,11 +227,11 @@ class ServerCore:
         response.set_rcode(dns.rcode.Rcode.make(rcode))
         return response
 
-    def _dispatch(self, msg: dns.message.Message, wire: bytes, transport: str, now: float,
+    def _dispatch(self, msg: dns.message.Message, entry: KeyEntry | None, transport: str, now: float,
                   peer: str) -> dns.message.Message:
         opcode = msg.opcode()
         if opcode == dns.opcode.UPDATE and isinstance(msg, dns.update.UpdateMessage):
-            return self._update(msg, wire, now, peer)
+            return self._update(msg, entry, now, peer)
         if opcode != dns.opcode.QUERY:
             return self._plain_error(msg, dns.rcode.NOTIMP)
         if len(msg.question) != 1 or msg.answer or msg.authority:
@@ -220,38 +240,28 @@ class ServerCore:
             response = dns.message.make_response(msg)
             response.set_rcode(dns.rcode.BADVERS)
             return response
-        if msg.had_tsig:
-            entry, error = self._verify(msg, wire, now)
-            if error is not None:
-                return error
-            response = answer(self.zones, msg)
-            if entry is not None:
-                self._sign(response, msg, entry)
-            return response
-        return answer(self.zones, msg)
+        response = answer(self.zones, msg)
+        if entry is not None:
+            self._sign(response, msg, entry)
+        return response
 
     # -- TSIG ----------------------------------------------------------------------------
-    def _verify(self, msg: dns.message.Message, wire: bytes,
-                now: float) -> tuple[KeyEntry | None, dns.message.Message | None]:
-        """(key entry, None) when the TSIG verifies, else (None, the error response)."""
-        keyname = msg.keyname
-        entry = self.keys.get(keyname) if keyname is not None else None
-        if entry is None or entry.key.algorithm != msg.keyalgorithm:
-            return None, self._tsig_error(msg, dns.rcode.BADKEY)
-        try:
-            dns.message.from_wire(wire, keyring={entry.name: entry.key})
-        except dns.tsig.BadTime:
+    def _tsig_failure(self, msg: dns.message.Message, error: int, now: float,
+                      peer: str) -> dns.message.Message:
+        """The NOTAUTH answer to a request whose TSIG did not verify (RFC 8945 §5.2)."""
+        entry = self.keys.get(msg.keyname) if msg.keyname is not None else None
+        if error == dns.rcode.BADTIME and entry is not None:
             response = dns.message.make_response(msg)
             response.set_rcode(dns.rcode.NOTAUTH)
             response.use_tsig(entry.key, tsig_error=dns.rcode.BADTIME,
                               other_data=struct.pack("!Q", int(now))[2:])
             response.request_mac = msg.mac or b""
-            return None, response
-        except (dns.tsig.BadKey, dns.tsig.BadAlgorithm, dns.message.UnknownTSIGKey):
-            return None, self._tsig_error(msg, dns.rcode.BADKEY)
-        except Exception:  # BadSignature, and any malformed TSIG
-            return None, self._tsig_error(msg, dns.rcode.BADSIG)
-        return entry, None
+        else:
+            response = self._tsig_error(msg, error)
+        if msg.opcode() == dns.opcode.UPDATE:
+            why = {17: "BADKEY", 18: "BADTIME"}.get(int(error), "BADSIG")
+            self._log_update(msg, peer, None, dns.rcode.NOTAUTH, f"TSIG {why}")
+        return response
 
     def _tsig_error(self, msg: dns.message.Message, error: int) -> dns.message.Message:
         """NOTAUTH with an unsigned TSIG RR carrying ``error`` (RFC 8945 §5.3.2)."""
@@ -268,16 +278,8 @@ class ServerCore:
         response.request_mac = msg.mac or b""
 
     # -- UPDATE --------------------------------------------------------------------------
-    def _update(self, msg: dns.update.UpdateMessage, wire: bytes, now: float,
+    def _update(self, msg: dns.update.UpdateMessage, entry: KeyEntry | None, now: float,
                 peer: str) -> dns.message.Message:
-        entry: KeyEntry | None = None
-        if msg.had_tsig:
-            entry, error = self._verify(msg, wire, now)
-            if error is not None:
-                tsig_error = error.tsig_error
-                why = f"TSIG {dns.rcode.to_text(dns.rcode.Rcode.make(tsig_error or 0))}"
-                self._log_update(msg, peer, None, error.rcode(), why)
-                return error
         response = dns.message.make_response(msg)
         if entry is not None:
             self._sign(response, msg, entry)
@@ -311,7 +313,11 @@ class ServerCore:
         if entry is None:
             raise UpdateFailed(dns.rcode.REFUSED, "unsigned update")
         mac = msg.mac or b""
-        self._seen_macs = {m: t for m, t in self._seen_macs.items() if t > now - 600}
+        while self._seen_macs:
+            oldest = next(iter(self._seen_macs))
+            if self._seen_macs[oldest] > now - 600:
+                break
+            del self._seen_macs[oldest]
         if mac in self._seen_macs:
             raise UpdateFailed(dns.rcode.REFUSED, "replayed update (TSIG MAC seen before)")
         if not self.limiter.allow(entry.name, now):
@@ -413,7 +419,7 @@ class ServerCore:
                     key = _canon(rd)
                     old = w.get(key)
                     if old is not None and old.rid:
-                        w.overlay[key] = Rec(old.rdata, rrset.ttl, expires, old.rid)
+                        w.overlay[key] = old.relet(rrset.ttl, expires)
                     else:
                         w.overlay[key] = Rec(rd, rrset.ttl, expires, 0)
             elif rrset.deleting == dns.rdataclass.ANY:
@@ -435,8 +441,8 @@ class ServerCore:
 
     def _commit(self, zone: Zone, works: list[_Work]) -> str:
         zone_text = zone.origin.to_text()
-        inserts: list[tuple[str, dns.name.Name, dns.rdata.Rdata, int, float | None]] = []
-        new_recs: list[tuple[dns.name.Name, Rec]] = []
+        inserts: list[tuple[str, dns.name.Name, int, bytes, int, float | None]] = []
+        new_recs: list[tuple[dns.name.Name, Rec, bytes]] = []
         deletes: list[tuple[dns.name.Name, Rec]] = []
         updates: list[tuple[dns.name.Name, Rec, Rec]] = []  # name, live record, new state
         changed_ttl = False
@@ -446,8 +452,8 @@ class ServerCore:
                 if rec is None:
                     continue
                 if not rec.rid:
-                    inserts.append((zone_text, w.name, rec.rdata, rec.ttl, rec.expires))
-                    new_recs.append((w.name, rec))
+                    inserts.append((zone_text, w.name, rec.rdtype, rec.wire, rec.ttl, rec.expires))
+                    new_recs.append((w.name, rec, key))
                     continue
                 live = w.base[key]
                 if (live.ttl, live.expires) != (rec.ttl, rec.expires):
@@ -469,9 +475,9 @@ class ServerCore:
             live.ttl, live.expires = new.ttl, new.expires
             if live.expires is not None:
                 self._schedule(zone, name, live)
-        for (name, rec), rid in zip(new_recs, ids, strict=True):
+        for (name, rec, key), rid in zip(new_recs, ids, strict=True):
             rec.rid = rid
-            zone.add(name, rec)
+            zone.add(name, rec, key)
             if rec.expires is not None:
                 self._schedule(zone, name, rec)
             pushes.append(push.add(zone.nodes[name].name, rec.rdata, rec.ttl))
@@ -479,8 +485,8 @@ class ServerCore:
             zone.set_serial(serial)
             self.udp_cache = {}
         self._notify(pushes)
-        parts = [f"add {n} {_t(r.rdata.rdtype)}" for n, r in new_recs]
-        parts += [f"del {n} {_t(r.rdata.rdtype)}" for n, r in deletes]
+        parts = [f"add {n} {_t(r.rdtype)}" for n, r, _ in new_recs]
+        parts += [f"del {n} {_t(r.rdtype)}" for n, r in deletes]
         if updates and not parts:
             parts.append(f"refresh {len(updates)} records")
         return "; ".join(parts[:6]) + (f"; … ({len(parts)} changes)" if len(parts) > 6 else "")
@@ -519,7 +525,7 @@ class ServerCore:
         self.udp_cache = {}
         self._notify(pushes)
         self.log({"event": "expire", "records": len(due),
-                  "what": "; ".join(f"{n} {_t(r.rdata.rdtype)}" for _, n, r in due[:6])})
+                  "what": "; ".join(f"{n} {_t(r.rdtype)}" for _, n, r in due[:6])})
         return len(due)
 
     # -- DNS Push --------------------------------------------------------------------------

@@ -52,7 +52,8 @@ class StoredRecord:
     rid: int
     zone: str
     owner: dns.name.Name
-    rdata: dns.rdata.Rdata
+    rdtype: int
+    wire: bytes
     ttl: int
     expires: float | None
 
@@ -61,7 +62,7 @@ class StoredRecord:
 class Change:
     """One transaction: rows to insert, delete and re-lease, and new zone serials."""
 
-    inserts: list[tuple[str, dns.name.Name, dns.rdata.Rdata, int, float | None]]
+    inserts: list[tuple[str, dns.name.Name, int, bytes, int, float | None]]  # zone owner type rdata ttl exp
     deletes: list[int]
     updates: list[tuple[int, int, float | None]]  # rid, ttl, expires
     serials: dict[str, int]
@@ -105,8 +106,7 @@ class Store:
         cursor = self.db.execute("SELECT id, zone, owner, rdtype, ttl, rdata, expires FROM rr")
         for rid, zone, owner, rdtype, ttl, rdata, expires in cursor:
             name = dns.name.from_wire(owner, 0)[0]
-            rd = dns.rdata.from_wire(dns.rdataclass.IN, rdtype, rdata, 0, len(rdata))
-            yield StoredRecord(int(rid), str(zone), name, rd, int(ttl), expires)
+            yield StoredRecord(int(rid), str(zone), name, int(rdtype), bytes(rdata), int(ttl), expires)
 
     def apply(self, change: Change) -> list[int]:
         """Commit one change durably; returns the row ids of the inserted records."""
@@ -114,9 +114,9 @@ class Store:
         cur = self.db.cursor()
         cur.execute("BEGIN IMMEDIATE")
         try:
-            for zone, owner, rdata, ttl, expires in change.inserts:
+            for zone, owner, rdtype, rdata, ttl, expires in change.inserts:
                 cur.execute("INSERT INTO rr(zone, owner, rdtype, ttl, rdata, expires) VALUES (?,?,?,?,?,?)",
-                            (zone, owner.to_wire(), rdata.rdtype, ttl, rdata.to_wire(), expires))
+                            (zone, owner.to_wire(), rdtype, ttl, rdata, expires))
                 ids.append(int(cur.lastrowid or 0))
             if change.deletes:
                 cur.executemany("DELETE FROM rr WHERE id = ?", [(rid,) for rid in change.deletes])

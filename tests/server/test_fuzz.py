@@ -29,7 +29,8 @@ from tests.server.serve_proc import ServeProc, rcode
 
 ZONE = dns.name.from_text("bob.members.example.")
 KEY = dns.tsig.Key("btmm-bob.members.example.", b"k" * 32, dns.tsig.HMAC_SHA256)
-SETTINGS = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+SETTINGS = settings(max_examples=300, deadline=None,
+                    suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 
 @pytest.fixture(scope="module")

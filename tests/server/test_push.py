@@ -41,7 +41,8 @@ def update(server: ServeProc, account: Path, build: Callable[[dns.update.UpdateM
 
 def test_subscriber_sees_add_and_remove_from_update(server: ServeProc, account: Path) -> None:
     async def body() -> None:
-        conn = await PushConnection.connect("127.0.0.1", server.tls_port, fingerprint=server.ready["fingerprint"])
+        conn = await PushConnection.connect("127.0.0.1", server.tls_port,
+                                            fingerprint=server.ready["fingerprint"])
         assert conn.server_keepalive is not None
         sub = await conn.subscribe(f"_ipp._tcp.{BOB}", "PTR")
         instance = f"Printer\\032One._ipp._tcp.{BOB}"
