@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -17,7 +18,7 @@ from esp_udp.sa import Suite
 from tests.esp.nslib import datapath_in, sa_pair
 from tools.netns import Lab, wait_for
 
-A_INNER, B_INNER = "fd00:5::a", "fd00:5::b"
+A_INNER, B_INNER, C_INNER = "fd00:5::a", "fd00:5::b", "fd00:5::c"
 A_OUTER, B_OUTER = ("198.18.5.1", 4500), ("198.18.5.2", 4500)
 
 pytestmark = pytest.mark.netns
@@ -149,3 +150,54 @@ def test_ike_callback_errors_do_not_stop_the_datapath(topo: tuple[Lab, str, str]
     finally:
         a.close()
         b.close()
+
+
+def test_cryptokey_routing_many_peers_and_ingress_filter() -> None:
+    """One TUN, two peers: the inner destination picks the SA; a peer may only send from its ULA."""
+    from scapy.layers.inet6 import ICMPv6EchoRequest, IPv6
+
+    from esp_udp.esp import OutboundSA
+
+    c_outer = ("198.18.7.2", 4500)
+    with Lab() as lab:
+        ns_a, ns_b, ns_c = lab.ns("ra"), lab.ns("rb"), lab.ns("rc")
+        lab.veth(ns_a, "vb", ns_b, "va")
+        lab.veth(ns_a, "vc", ns_c, "va")
+        lab.addr(ns_a, "vb", "198.18.5.1/24")
+        lab.addr(ns_b, "va", "198.18.5.2/24")
+        lab.addr(ns_a, "vc", "198.18.7.1/24")
+        lab.addr(ns_c, "va", "198.18.7.2/24")
+        ab_a, ab_b = sa_pair(Suite.AES256GCM16, A_INNER, A_OUTER, B_INNER, B_OUTER, spi_base=0x4000)
+        ac_a, ac_c = sa_pair(Suite.CHACHA20POLY1305, A_INNER, ("198.18.7.1", 4500), C_INNER, c_outer,
+                             spi_base=0x5000)
+        a = datapath_in(ns_a, A_INNER)
+        b = datapath_in(ns_b, B_INNER)
+        c = datapath_in(ns_c, C_INNER)
+        try:
+            a.add_peer(ab_a)
+            a.add_peer(ac_a)
+            b.add_peer(ab_b)
+            c.add_peer(ac_c)
+            assert ping(lab, ns_a, B_INNER) == 3
+            assert ping(lab, ns_a, C_INNER) == 3
+            assert ping(lab, ns_c, A_INNER) == 3
+            peers = {p["inner"]: p for p in a.counters()["peers"]}
+            assert peers[B_INNER]["packets_out"] == 3 and peers[C_INNER]["packets_out"] == 6
+            assert peers[B_INNER]["suite"] == "aes256gcm16"
+            assert peers[C_INNER]["suite"] == "chacha20poly1305"
+            # B authenticates a packet claiming to come from C's ULA: A must drop it.
+            spoofed = bytes(IPv6(src=C_INNER, dst=A_INNER) / ICMPv6EchoRequest())
+            forger = OutboundSA(ab_b.spi_out, ab_b.suite, ab_b.key_out)
+            forger.seq = 1000
+            code = ("import socket,sys\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\n"
+                    "s.sendto(bytes.fromhex(sys.argv[1]),('198.18.5.1',4500))\n")
+            lab.run(ns_b, [sys.executable, "-c", code, forger.seal(spoofed).hex()])
+            wait_for(lambda: a.counters()["peers"][0]["drop_reasons"].get("bad_inner", 0) == 1, 5,
+                     what="bad_inner drop")
+            # No route for an unknown inner destination: counted, not sent.
+            lab.run(ns_a, ["ip", "-6", "route", "add", "fd00:5::99/128", "dev", "btmm0"])
+            assert ping(lab, ns_a, "fd00:5::99", count=1) == 0
+            assert a.counters()["unattributed"]["drop_reasons"].get("no_route", 0) >= 1
+        finally:
+            for dp in (a, b, c):
+                dp.close()
