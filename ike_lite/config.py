@@ -43,3 +43,4 @@ class Config:
     log_messages: bool = False
     accept_peer: Callable[[str], bool] | None = None  # responder: allow this IDi?
     peer_inner_for: Callable[[str], str | None] | None = None  # responder: the ULA of IDi
+    peer_prefix: str | None = None  # responder: peer inner addresses must lie in it (the account /48)

@@ -65,10 +65,6 @@ def describe(proposal: Proposal) -> str:
     return ", ".join(parts) or "no transforms"
 
 
-class NoChoice(Exception):
-    pass
-
-
 def choose(
     proposals: Sequence[Proposal],
     protocol: ProtocolId,

@@ -211,7 +211,8 @@ class IkeSa:
         self.nat_local = False
         self.nat_remote = False
         self.ike_rekey_at: float | None = None
-        self.retry_at: float | None = None  # rekey retry after TEMPORARY_FAILURE
+        self.retry_at: float | None = None  # rekey retry after TEMPORARY_FAILURE (a collision)
+        self.retry_item: Queued | None = None
         self.expire_at: float | None = now + self.cfg.half_open_timeout if not initiator else None
         self.established_announced = False
 
@@ -760,6 +761,13 @@ class IkeSa:
         if wanted is None and self.cfg.peer_inner_for is not None:
             wanted = self.cfg.peer_inner_for(self.peer_id)
         candidates = [ts for ts in tsi.selectors if ts.is_all_traffic and len(ts.start) == 16]
+        if self.cfg.peer_prefix is not None:
+            net = ipaddress.IPv6Network(self.cfg.peer_prefix, strict=False)
+            candidates = [
+                ts
+                for ts in candidates
+                if ipaddress.IPv6Address(ts.start) in net and ipaddress.IPv6Address(ts.end) in net
+            ]
         if wanted is not None:
             return wanted if any(ts.contains(wanted) for ts in candidates) else None
         for ts in candidates:
@@ -879,7 +887,8 @@ class IkeSa:
         if self._notify_in(payloads, NotifyType.TEMPORARY_FAILURE) or (
             self._notify_in(payloads, NotifyType.NO_ADDITIONAL_SAS)
         ):
-            self.retry_at = now + 1.0 + 2.0 * self._random(1)[0] / 255
+            pfs = ke_local.group if isinstance(ke_local, KeyExchange) else None
+            self._retry_later(Queued(Task.CHILD_REKEY, {"child": old, "pfs": pfs}), now)
             return None
         if self._notify_in(payloads, NotifyType.CHILD_SA_NOT_FOUND):
             return None
@@ -932,10 +941,15 @@ class IkeSa:
         nonce_i, new_spi, offered, ke_local = ctx["nonce"], ctx["spi"], ctx["offered"], ctx["ke"]
         assert isinstance(nonce_i, bytes) and isinstance(new_spi, bytes)
         assert isinstance(offered, Proposal) and isinstance(ke_local, KeyExchange)
-        if self._notify_in(payloads, NotifyType.TEMPORARY_FAILURE) or self._notify_in(
-            payloads, NotifyType.INVALID_KE_PAYLOAD
-        ):
-            self.retry_at = now + 1.0 + 2.0 * self._random(1)[0] / 255
+        invalid_ke = self._get_notify(payloads, NotifyType.INVALID_KE_PAYLOAD)
+        if invalid_ke is not None and len(invalid_ke.data) >= 2:
+            wanted = int.from_bytes(invalid_ke.data[:2], "big")
+            if wanted in self.cfg.groups and wanted != ke_local.group:
+                self.group = DhGroup(wanted)  # the peer wants another group for the new IKE SA
+                self.enqueue(Task.IKE_REKEY, now)
+            return None
+        if self._notify_in(payloads, NotifyType.TEMPORARY_FAILURE):
+            self._retry_later(Queued(Task.IKE_REKEY), now)
             return None
         sa_p, nonce_p, ke_p = self._get(payloads, SA), self._get(payloads, Nonce), self._get(payloads, KE)
         if sa_p is None or nonce_p is None or ke_p is None:
@@ -955,6 +969,11 @@ class IkeSa:
         )
         self.queue.insert(0, Queued(Task.DELETE_IKE, {"reason": ev.REKEYED}))
         return None
+
+    def _retry_later(self, item: Queued, now: float) -> None:
+        """The peer was busy (a rekey collision, RFC 7296 §2.25): try again in 1–3 s."""
+        self.retry_item = item
+        self.retry_at = now + 1.0 + 2.0 * self._random(1)[0] / 255
 
     def _rekey_into(
         self,
@@ -1285,7 +1304,10 @@ class IkeSa:
         if self.state == State.ESTABLISHED and self.pending is None and not self.queue:
             if self.retry_at is not None and now >= self.retry_at:
                 self.retry_at = None
-                self.rekey_child(now)
+                if self.retry_item is not None:
+                    self.queue.append(self.retry_item)
+                    self.retry_item = None
+                    self._pump(now)
             elif self.ike_rekey_at is not None and now >= self.ike_rekey_at:
                 self.ike_rekey_at = None
                 self.enqueue(Task.IKE_REKEY, now)
@@ -1378,6 +1400,10 @@ class IkeSa:
         if found is None:
             raise ProtocolError(f"missing {kind.__name__} payload", NotifyType.INVALID_SYNTAX)
         return found
+
+    @staticmethod
+    def _get_notify(payloads: tuple[Payload, ...], type_: NotifyType) -> Notify | None:
+        return next((p for p in payloads if isinstance(p, Notify) and p.type == type_), None)
 
     @staticmethod
     def _notify_in(payloads: tuple[Payload, ...], type_: NotifyType) -> bool:

@@ -354,9 +354,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_ike_mode(args: argparse.Namespace, datapath: Any, out: Any, stop: threading.Event) -> int:
-    """The hook tools/tunnel_up.py calls (see its ``IkeMode`` docstring)."""
+    """The hook tools/tunnel_up.py calls (see its ``IkeMode`` docstring).
+
+    ``--listen``: answer every host of the account (its PSK authenticates them; their inner
+    addresses must lie in the account's ULA /48). Otherwise initiate to each
+    ``tunnel-endpoint`` record on stdin (BTMM mode: straight to its UDP port with the non-ESP
+    marker; port 500 means the standard start and float). One ``tunnel`` record per CHILD SA
+    (state up / rekeyed / down), carrying the input record's other fields along; a failed
+    negotiation becomes an error record with the reason and one human sentence.
+    """
     from tools.account_file import load_host
-    from tools.cli import EXIT_OK, EXIT_PARTIAL, error_record, make_record, read_records
+    from tools.cli import EXIT_OK, EXIT_PARTIAL, Record, derive, error_record, read_records
 
     host = load_host(
         getattr(args, "account", None), getattr(args, "host", None), getattr(args, "state_dir", None)
@@ -367,51 +375,71 @@ def run_ike_mode(args: argparse.Namespace, datapath: Any, out: Any, stop: thread
         local_inner=str(host.ula),
         dpd_interval=getattr(args, "dpd", 30.0),
         pfs_group=DhGroup.CURVE25519 if getattr(args, "pfs", False) else None,
+        peer_prefix=str(host.account.ula_prefix),
     )
     failures = 0
-    inputs: dict[int, dict[str, Any]] = {}
+    by_inner: dict[str, Record] = {}
+    by_id: dict[str, Record] = {}
+    inner_of: dict[int, str] = {}
+    keylog = Path(args.keylog + ".ikev2") if getattr(args, "keylog", None) else None
+    service: IkeService | None = None
+
+    def tunnel(e: ev.ChildSaUp, state: str) -> Record:
+        c = e.child
+        return derive(
+            by_inner.get(c.inner),
+            "tunnel",
+            state=state,
+            peer=c.inner,
+            inner_local=c.local_inner,
+            inner_remote=c.inner,
+            outer=ev.fmt_addr(c.outer),
+            spi_in=c.spi_in.hex(),
+            spi_out=c.spi_out.hex(),
+            suite=c.suite,
+            setup_ms=round(e.setup_s * 1000, 3) if e.setup_s is not None else None,
+        )
 
     def on_event(e: ev.Event) -> None:
         nonlocal failures
-        rec = event_record(e) or {}
         if isinstance(e, ev.ChildSaUp):
-            state = "rekeyed" if e.rekey_of else "up"
-            out.emit(
-                make_record(
-                    "tunnel",
-                    state=state,
-                    peer=e.child.inner,
-                    inner_local=e.child.local_inner,
-                    inner_remote=e.child.inner,
-                    outer=rec["outer"],
-                    spi_in=rec["spi_in"],
-                    spi_out=rec["spi_out"],
-                    suite=e.child.suite,
-                    setup_ms=rec["setup_ms"],
-                )
+            inner_of[e.handle] = e.child.inner
+            out.explain(
+                f"CHILD SA with {e.child.inner}: SPI in {e.child.spi_in.hex()} out {e.child.spi_out.hex()}"
             )
+            out.emit(tunnel(e, "rekeyed" if e.rekey_of else "up"))
         elif isinstance(e, ev.IkeSaDown):
+            inner = inner_of.pop(e.handle, "")
             if e.established:
                 out.emit(
-                    make_record(
+                    derive(
+                        by_inner.get(inner),
                         "tunnel",
                         state="down",
-                        peer=e.peer_id,
+                        peer=inner or e.peer_id,
+                        inner_remote=inner,
+                        outer=ev.fmt_addr(e.peer_addr),
                         reason=e.reason,
                         message=e.message,
-                        outer=rec["peer"],
                     )
                 )
             else:
                 failures += 1
                 out.warn(e.message)
-                out.emit(error_record("btmm-tunnel-up", e.message, inputs.get(e.handle), reason=e.reason))
+                out.emit(error_record("btmm-tunnel-up", e.message, by_id.get(e.peer_id), reason=e.reason))
         elif isinstance(e, ev.ChildSaFailed):
             out.warn(e.message)
         elif isinstance(e, ev.Dropped):
-            out.explain(f"dropped from {rec['peer']}: {e.reason}")
-        elif isinstance(e, ev.IkeSaUp):
-            out.explain(f"IKE SA up with {e.peer_id} at {rec['peer']} ({e.suite})")
+            out.explain(f"dropped from {ev.fmt_addr(e.peer_addr)}: {e.reason}")
+        elif isinstance(e, ev.IkeSaUp | ev.IkeSaRekeyed):
+            if isinstance(e, ev.IkeSaUp):
+                out.explain(f"IKE SA up with {e.peer_id} at {ev.fmt_addr(e.peer_addr)} ({e.suite})")
+            if keylog is not None and service is not None:
+                line = service.endpoint.keylog(e.handle)
+                if line:
+                    with keylog.open("a") as f:
+                        keylog.chmod(0o600)
+                        f.write(line + "\n")
 
     service = IkeService(
         config, datapath, datapath=datapath, ike_port=getattr(args, "ike_port", None), on_event=on_event
@@ -423,11 +451,16 @@ def run_ike_mode(args: argparse.Namespace, datapath: Any, out: Any, stop: thread
                 out.emit(record)
                 continue
             try:
-                addr = (str(record["outer_address"]), int(record.get("outer_port", 4500)))
-                service.initiate(addr, str(record.get("ike_id") or record["host"]), str(record["inner"]))
+                port = int(record.get("outer_port", 4500))
+                addr = (str(record["outer_address"]), port)
+                peer_id, inner = str(record.get("ike_id") or record["host"]), str(record["inner"])
             except (KeyError, ValueError) as exc:
                 failures += 1
                 out.emit(error_record("btmm-tunnel-up", f"tunnel-endpoint record lacks {exc}", record))
+                continue
+            by_inner[inner], by_id[peer_id] = record, record
+            out.explain(f"IKE to {peer_id} at {ev.fmt_addr(addr)} for {inner}")
+            service.initiate(addr, peer_id, inner, natt=port != 500)
     service.run(stop)
     return EXIT_PARTIAL if failures else EXIT_OK
 

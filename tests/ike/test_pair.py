@@ -58,8 +58,9 @@ def test_setup_standard_500_then_float_to_4500() -> None:
     assert child_up(pair, "b")[0].child.outer == ("198.18.0.1", 4500)
 
 
-@pytest.mark.parametrize(("encr", "group"), [("chacha20poly1305", DhGroup.ECP_256),
-                                             ("aes256gcm16", DhGroup.MODP_2048)])
+@pytest.mark.parametrize(
+    ("encr", "group"), [("chacha20poly1305", DhGroup.ECP_256), ("aes256gcm16", DhGroup.MODP_2048)]
+)
 def test_other_suites(encr: str, group: DhGroup) -> None:
     pair = established(a_kw={"ike_encr": (encr,), "esp_encr": (encr,), "groups": (group,)})
     assert_keys_match(pair)
@@ -68,8 +69,9 @@ def test_other_suites(encr: str, group: DhGroup) -> None:
 
 def test_invalid_ke_retry() -> None:
     # Initiator guesses 14 first; responder only allows 31 and answers INVALID_KE_PAYLOAD.
-    pair = established(a_kw={"groups": (DhGroup.MODP_2048, DhGroup.CURVE25519)},
-                       b_kw={"groups": (DhGroup.CURVE25519,)})
+    pair = established(
+        a_kw={"groups": (DhGroup.MODP_2048, DhGroup.CURVE25519)}, b_kw={"groups": (DhGroup.CURVE25519,)}
+    )
     inits = [parse_message(d.data[4:]) for n, d in pair.wire if n == "a"][:2]
     assert all(m.header.exchange == 34 for m in inits)
     assert_keys_match(pair)
@@ -156,8 +158,11 @@ def test_child_rekey_either_side(side: str, pfs: bool) -> None:
     if pfs:
         kinds = [p for _, d in pair.wire for p in parse_message(d.data[4:]).payloads]
         assert kinds  # PFS exchange carried KE payloads (inside SK; checked via logs below)
-        logged = [e for e in pair.events[side] if isinstance(e, ev.MessageLogged)
-                  and e.exchange == "CREATE_CHILD_SA" and e.direction == "out"]
+        logged = [
+            e
+            for e in pair.events[side]
+            if isinstance(e, ev.MessageLogged) and e.exchange == "CREATE_CHILD_SA" and e.direction == "out"
+        ]
         assert "KE" in logged[0].payloads
 
 
@@ -219,8 +224,14 @@ def test_dpd_keeps_alive_and_detects_dead_peer() -> None:
     pair = established(a_kw={"dpd_interval": 10.0, "retransmit_tries": 3})
     pair.advance(35)
     assert not pair.of("a", ev.IkeSaDown)
-    probes = [e for e in pair.events["a"] if isinstance(e, ev.MessageLogged)
-              and e.exchange == "INFORMATIONAL" and e.direction == "out" and not e.payloads]
+    probes = [
+        e
+        for e in pair.events["a"]
+        if isinstance(e, ev.MessageLogged)
+        and e.exchange == "INFORMATIONAL"
+        and e.direction == "out"
+        and not e.payloads
+    ]
     assert len(probes) >= 3
     pair.drop = lambda side, d: True  # the peer vanishes
     pair.advance(60)
@@ -302,3 +313,27 @@ def test_keepalives_when_behind_nat() -> None:
     pair.advance(45)
     keepalives = [d for n, d in pair.wire if n == "a" and d.data == b"\xff"]
     assert len(keepalives) == 2
+
+
+@pytest.mark.parametrize("kind", ["child", "ike"])
+def test_simultaneous_rekeys_resolve(kind: str) -> None:
+    """Both ends rekey at once: each answers TEMPORARY_FAILURE, retries after a random delay."""
+    pair = established()
+    for ep in (pair.a, pair.b):
+        if kind == "child":
+            ep.rekey_child(ep.sessions()[0], pair.now)
+        else:
+            ep.rekey_ike(ep.sessions()[0], pair.now)
+    pair.pump()
+    pair.advance(10)
+    if kind == "child":
+        assert len(child_up(pair, "a")) >= 2 and len(child_up(pair, "b")) >= 2
+        assert_keys_match(pair)
+        live_a = len(child_up(pair, "a")) - len(pair.of("a", ev.ChildSaDown))
+        assert live_a == 1  # the superseded CHILD SAs were deleted
+    else:
+        assert pair.of("a", ev.IkeSaRekeyed) and pair.of("b", ev.IkeSaRekeyed)
+    assert len(pair.a.sessions()) == 1 and len(pair.b.sessions()) == 1
+    pair.a.rekey_child(pair.a.sessions()[0], pair.now)
+    pair.pump()
+    assert_keys_match(pair)

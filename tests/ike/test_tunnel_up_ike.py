@@ -108,6 +108,7 @@ def test_tunnel_up_listen_and_endpoint_record(
         ) from None
     assert up_c["inner_remote"] == str(imac.ula) and up_h["inner_remote"] == str(laptop.ula)
     assert up_c["suite"] == "aes256gcm16" and up_c["spi_in"] == up_h["spi_out"]
+    assert up_c["note"] == "copied"  # unknown input fields flow down the pipe
     assert ping(lab, c, str(imac.ula)) == 3
     client.send_signal(signal.SIGTERM)
     assert client.wait(timeout=15) == 0
