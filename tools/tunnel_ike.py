@@ -333,6 +333,13 @@ def parse_addr(text: str, default_port: int = 4500) -> Addr:
     return host.strip("[]"), int(port)
 
 
+def append_private(path: Path, lines: list[str]) -> None:
+    """Append key lines to a file created 0600 (keylogs hold secrets)."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    with os.fdopen(fd, "a") as f:
+        f.write("".join(line + "\n" for line in lines))
+
+
 # ---------------------------------------------------------------------------- tunnel_up hook
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("IKE mode")
@@ -381,7 +388,8 @@ def run_ike_mode(args: argparse.Namespace, datapath: Any, out: Any, stop: thread
     by_inner: dict[str, Record] = {}
     by_id: dict[str, Record] = {}
     inner_of: dict[int, str] = {}
-    keylog = Path(args.keylog + ".ikev2") if getattr(args, "keylog", None) else None
+    esp_keylog = Path(args.keylog) if getattr(args, "keylog", None) else None
+    keylog = Path(args.keylog + ".ikev2") if esp_keylog is not None else None
     service: IkeService | None = None
 
     def tunnel(e: ev.ChildSaUp, state: str) -> Record:
@@ -404,6 +412,11 @@ def run_ike_mode(args: argparse.Namespace, datapath: Any, out: Any, stop: thread
         nonlocal failures
         if isinstance(e, ev.ChildSaUp):
             inner_of[e.handle] = e.child.inner
+            if esp_keylog is not None:
+                from esp_udp.keylog import esp_sa_lines
+                from esp_udp.sa import SAParams
+
+                append_private(esp_keylog, esp_sa_lines(SAParams.from_json(e.child.as_dict())))
             out.explain(
                 f"CHILD SA with {e.child.inner}: SPI in {e.child.spi_in.hex()} out {e.child.spi_out.hex()}"
             )
@@ -437,9 +450,7 @@ def run_ike_mode(args: argparse.Namespace, datapath: Any, out: Any, stop: thread
             if keylog is not None and service is not None:
                 line = service.endpoint.keylog(e.handle)
                 if line:
-                    with keylog.open("a") as f:
-                        keylog.chmod(0o600)
-                        f.write(line + "\n")
+                    append_private(keylog, [line])
 
     service = IkeService(
         config, datapath, datapath=datapath, ike_port=getattr(args, "ike_port", None), on_event=on_event
@@ -563,6 +574,7 @@ def _runner_main(argv: list[str] | None = None) -> int:
     p.add_argument("--groups", default="31,19,14")
     p.add_argument("--cookie-threshold", type=int, default=100)
     p.add_argument("--log-messages", action="store_true")
+    p.add_argument("--keylog", default=None, help="append IKE keys (Wireshark ikev2_decryption_table)")
     args = p.parse_args(argv)
     psk = Path(args.psk_file).read_bytes()
     config = Config(
@@ -586,6 +598,8 @@ def _runner_main(argv: list[str] | None = None) -> int:
             sys.stdout.flush()
 
     def on_event(e: ev.Event) -> None:
+        if args.keylog and isinstance(e, ev.IkeSaUp | ev.IkeSaRekeyed):
+            append_private(Path(args.keylog), [service.endpoint.keylog(e.handle)])
         rec = event_record(e)
         if rec is not None:
             rec["t"] = time.monotonic()

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from tools.netns import Lab
-from tools.peers.strongswan import Charon, child_sas, ike_sas
+from tools.peers.strongswan import Charon, child_sas, ike_sas, logged_secrets
 
 from .interop import (
     BTMM_ID,
@@ -98,7 +98,7 @@ def direct() -> Iterator[Topo]:
             ],
         )
         start_tcp_server(lab, s, SWAN_INNER)
-        runner = Runner(lab, b, tmp, "--datapath", "--ike-port", "500")
+        runner = Runner(lab, b, tmp, "--datapath", "--ike-port", "500", "--keylog", str(tmp / "ike.keys"))
         yield Topo(lab, tmp, b, s, charon, runner, "198.18.0.2", "198.18.0.1", 500)
 
 
@@ -146,6 +146,12 @@ def test_direct_btmm_initiator_to_strongswan(direct: Topo) -> None:
     assert "selected proposal: ESP:AES_GCM_16_256/NO_EXT_SEQ" in log
     assert f"authentication of '{BTMM_ID}' with pre-shared key successful" in log
     assert ike[0]["remote-port"] == "4500"  # BTMM mode: straight to 4500 with the marker
+    # Our IKE keys (keylog, Wireshark ikev2_decryption_table) are the ones charon derived.
+    fields = [f.strip('"') for f in (direct.tmp / "ike.keys").read_text().splitlines()[-1].split(",")]
+    assert fields[0] == ike[0]["initiator-spi"] and fields[1] == ike[0]["responder-spi"]
+    assert bytes.fromhex(fields[2]) in logged_secrets(log, "Sk_ei secret")
+    assert bytes.fromhex(fields[3]) in logged_secrets(log, "Sk_er secret")
+    assert fields[4] == "AES-GCM-256 with 16 octet ICV [RFC5282]"
     _traffic(direct)
 
 

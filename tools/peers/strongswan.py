@@ -224,3 +224,22 @@ def ike_sas(raw: str) -> list[dict[str, str]]:
         fields["name"] = m.group(1)
         out.append(fields)
     return out
+
+
+def logged_secrets(log: str, label: str) -> list[bytes]:
+    """Every hex dump charon logged (``ike = 4``/``chd = 4``) under ``label``, e.g. ``Sk_ei secret``
+    or ``encryption initiator key``, in log order."""
+    out = []
+    lines = log.splitlines()
+    for i, line in enumerate(lines):
+        m = re.search(re.escape(label) + r" => (\d+) bytes", line)
+        if not m:
+            continue
+        size, data = int(m.group(1)), b""
+        for dump in lines[i + 1:]:
+            d = re.match(r"\S+ \d+\[\w+\]\s+\d+: ((?:[0-9A-F]{2} ?)+)", dump)
+            if not d or len(data) >= size:
+                break
+            data += bytes.fromhex(d.group(1).replace(" ", "")[:32])
+        out.append(data[:size])
+    return out
