@@ -29,9 +29,22 @@ import dns.name
 import dns.rdata
 import dns.rdataclass
 import dns.rdatatype
+import dns.rdtypes.ANY.CNAME
+import dns.rdtypes.ANY.NS
+import dns.rdtypes.ANY.PTR
+import dns.rdtypes.ANY.SOA
+import dns.rdtypes.ANY.TXT
+import dns.rdtypes.IN.A
+import dns.rdtypes.IN.AAAA
+import dns.rdtypes.IN.SRV
 import dns.wire
 
 from dnssd_wa.dso import DsoError, DsoType, Tlv
+
+# dnspython loads rdata classes lazily; two threads racing through the first load of a
+# type can leave GenericRdata cached for it. The types DNS-SD uses are imported up front.
+_PRELOADED = (dns.rdtypes.ANY.CNAME, dns.rdtypes.ANY.NS, dns.rdtypes.ANY.PTR, dns.rdtypes.ANY.SOA,
+              dns.rdtypes.ANY.TXT, dns.rdtypes.IN.A, dns.rdtypes.IN.AAAA, dns.rdtypes.IN.SRV)
 
 TTL_REMOVE_ONE = 0xFFFFFFFF
 TTL_REMOVE_MANY = 0xFFFFFFFE

@@ -55,7 +55,7 @@ import dns.wire
 from dnssd_wa import push
 from dnssd_wa.server.keys import KeyEntry, RateLimiter
 from dnssd_wa.server.store import Change, Store
-from dnssd_wa.server.zone import Rec, Zone, answer, canon, find_zone
+from dnssd_wa.server.zone import Rec, Zone, answer, canon, find_zone, rec_key
 
 LEASE_OPTION = 2
 LEASE_OTYPE = dns.edns.OptionType.make(LEASE_OPTION)
@@ -375,7 +375,7 @@ class ServerCore:
                     raise UpdateFailed(dns.rcode.FORMERR, "value prerequisite with TTL or meta type")
                 wanted.setdefault((name, rdtype), set()).update(_canon(rd) for rd in rrset)
         for (name, rdtype), want in wanted.items():
-            have = set(zone.rrset(name, rdtype))
+            have = {_canon(rec.rdata) for rec in zone.rrset(name, rdtype).values()}
             if have != want:
                 raise UpdateFailed(dns.rcode.NXRRSET, f"prerequisite: {name} {_t(rdtype)} differs")
 
@@ -416,12 +416,10 @@ class ServerCore:
             if rrset.deleting is None:
                 w = work(name, rdtype)
                 for rd in rrset:
-                    key = _canon(rd)
+                    new = Rec(rd, rrset.ttl, expires, 0)
+                    key = rec_key(new)
                     old = w.get(key)
-                    if old is not None and old.rid:
-                        w.overlay[key] = old.relet(rrset.ttl, expires)
-                    else:
-                        w.overlay[key] = Rec(rd, rrset.ttl, expires, 0)
+                    w.overlay[key] = old.relet(rrset.ttl, expires) if old is not None and old.rid else new
             elif rrset.deleting == dns.rdataclass.ANY:
                 if rdtype == dns.rdatatype.ANY:
                     node = zone.node(name)
@@ -434,7 +432,7 @@ class ServerCore:
             else:
                 w = work(name, rdtype)
                 for rd in rrset:
-                    key = _canon(rd)
+                    key = rec_key(Rec(rd, 0, None, 0))
                     if w.get(key) is not None:
                         w.overlay[key] = None
         return list(works.values())
@@ -468,9 +466,11 @@ class ServerCore:
                                       {zone_text: serial} if changed else {}))
         # durable: now change memory
         pushes: list[push.PushRecord] = []
+        watched = bool(self.subs)
         for name, rec in deletes:
             zone.remove(name, rec)
-            pushes.append(push.remove(name, rec.rdata))
+            if watched:
+                pushes.append(push.remove(name, rec.rdata))
         for name, live, new in updates:
             live.ttl, live.expires = new.ttl, new.expires
             if live.expires is not None:
@@ -480,16 +480,18 @@ class ServerCore:
             zone.add(name, rec, key)
             if rec.expires is not None:
                 self._schedule(zone, name, rec)
-            pushes.append(push.add(zone.nodes[name].name, rec.rdata, rec.ttl))
+            if watched:
+                pushes.append(push.add(zone.nodes[name].name, rec.rdata, rec.ttl))
         if changed:
             zone.set_serial(serial)
             self.udp_cache = {}
         self._notify(pushes)
-        parts = [f"add {n} {_t(r.rdtype)}" for n, r, _ in new_recs]
-        parts += [f"del {n} {_t(r.rdtype)}" for n, r in deletes]
+        parts = [f"add {n} {_t(r.rdtype)}" for n, r, _ in new_recs[:6]]
+        parts += [f"del {n} {_t(r.rdtype)}" for n, r in deletes[:6]]
+        total = len(new_recs) + len(deletes)
         if updates and not parts:
             parts.append(f"refresh {len(updates)} records")
-        return "; ".join(parts[:6]) + (f"; … ({len(parts)} changes)" if len(parts) > 6 else "")
+        return "; ".join(parts[:6]) + (f"; … ({total} changes)" if total > 6 else "")
 
     # -- leases ----------------------------------------------------------------------------
     def _schedule(self, zone: Zone, name: dns.name.Name, rec: Rec) -> None:

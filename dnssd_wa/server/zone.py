@@ -87,6 +87,11 @@ class Zone:
     records: int = 0
     _labels: dict[bytes, bytes] = field(default_factory=dict)
 
+    @property
+    def _soa_names(self) -> tuple[dns.name.Name, dns.name.Name]:
+        return (dns.name.Name((NS_LABEL.encode(), *self.origin.labels)),
+                dns.name.Name((b"hostmaster", *self.origin.labels)))
+
     # -- structure ---------------------------------------------------------------------
     def node(self, name: dns.name.Name) -> Node | None:
         return self.nodes.get(name)
@@ -100,7 +105,7 @@ class Zone:
             self._ent_adjust(name, +1)
         recs = node.rrsets.setdefault(rec.rdtype, {})
         if key is None:
-            key = canon(rec.rdata)
+            key = rec_key(rec)
         if key not in recs:
             self.records += 1
         recs[key] = rec
@@ -115,7 +120,7 @@ class Zone:
         if node is None:
             return False
         recs = node.rrsets.get(rec.rdtype)
-        key = canon(rec.rdata)
+        key = rec_key(rec)
         if not recs or recs.get(key) is not rec:
             return False
         del recs[key]
@@ -150,7 +155,7 @@ class Zone:
         return node.rrsets.get(rdtype, {})
 
     def holds(self, name: dns.name.Name, rec: Rec) -> bool:
-        return self.rrset(name, rec.rdtype).get(canon(rec.rdata)) is rec
+        return self.rrset(name, rec.rdtype).get(rec_key(rec)) is rec
 
     def all_records(self) -> Iterator[tuple[dns.name.Name, Rec]]:
         for node in self.nodes.values():
@@ -160,8 +165,7 @@ class Zone:
 
     # -- server-owned records ----------------------------------------------------------
     def soa_rdata(self) -> dns.rdata.Rdata:
-        mname = dns.name.Name((NS_LABEL.encode(), *self.origin.labels))
-        rname = dns.name.Name((b"hostmaster", *self.origin.labels))
+        mname, rname = self._soa_names
         return dns.rdtypes.ANY.SOA.SOA(  # type: ignore[no-untyped-call]
             dns.rdataclass.IN, dns.rdatatype.SOA, mname, rname, self.serial, 3600, 600, 86400, NEGATIVE_TTL)
 
@@ -224,6 +228,23 @@ def find_zone(zones: dict[dns.name.Name, Zone], name: dns.name.Name) -> Zone | N
 def canon(rdata: dns.rdata.Rdata) -> bytes:
     """The canonical wire form of an rdata (names lower-cased), the identity RFC 2136 uses."""
     return rdata.to_digestable()
+
+
+_NAME_ONLY = frozenset({dns.rdatatype.PTR, dns.rdatatype.NS, dns.rdatatype.CNAME})
+_OPAQUE = frozenset({dns.rdatatype.A, dns.rdatatype.AAAA, dns.rdatatype.TXT})
+
+
+def rec_key(rec: Rec) -> bytes:
+    """:func:`canon` of a record, computed from its uncompressed wire form when the type
+    allows: A/AAAA/TXT are their wire, a lone name is its wire lower-cased (label lengths
+    are < 64, never ASCII letters), SRV is its 6 fixed bytes plus the lower-cased target."""
+    if rec.rdtype in _OPAQUE:
+        return rec.wire
+    if rec.rdtype in _NAME_ONLY:
+        return rec.wire.lower()
+    if rec.rdtype == dns.rdatatype.SRV:
+        return rec.wire[:6] + rec.wire[6:].lower()
+    return canon(rec.rdata)
 
 
 def to_rrset(name: dns.name.Name, rdtype: int, recs: dict[bytes, Rec]) -> dns.rrset.RRset:
