@@ -31,7 +31,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import dns.exception
-import dns.flags
 import dns.message
 import dns.name
 import dns.rcode
@@ -262,7 +261,12 @@ class DnsClient:
     # ------------------------------------------------------------------ exchanges
     async def exchange(self, wire: bytes, msg_id: int, *, transport: Transport | None = None) -> bytes:
         """Send ``wire`` (whose ID is ``msg_id``) and return the reply's bytes."""
-        mode = transport or self.config.transport
+        try:
+            return await self._exchange(wire, msg_id, transport or self.config.transport)
+        finally:
+            self._pending.pop(msg_id, None)  # also releases an ID reserved by new_id()
+
+    async def _exchange(self, wire: bytes, msg_id: int, mode: Transport) -> bytes:
         async with self._window:
             self.queries += 1
             if mode is Transport.UDP:
@@ -345,7 +349,7 @@ class DnsClient:
         wire = await self.exchange(msg.to_wire(), msg.id)
         try:
             reply = dns.message.from_wire(wire)
-        except dns.exception.DNSException as exc:
+        except (dns.exception.DNSException, ValueError) as exc:
             raise errors.DecodeError(f"malformed reply from {self.config.label}: {exc}") from None
         if not reply.question or reply.question[0].name != name or reply.question[0].rdtype != rdtype:
             raise errors.DecodeError(

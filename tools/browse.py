@@ -14,10 +14,12 @@ import argparse
 import asyncio
 import signal
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import dns.name
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from dnssd_wa import browse as plans
@@ -65,6 +67,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def verbose_hook(out: Output) -> Callable[[str], None] | None:
+    """``--verbose``: each DNS question and answer as a timed line (names escaped for rich)."""
+    if not out.verbose:
+        return None
+    return lambda message: out.explain(escape(message))
+
+
 def service_record(svc: Service, **extra: Any) -> Record:
     return make_record("service", instance=svc.instance, service_type=svc.service_type, domain=svc.domain,
                        host=svc.host, port=svc.port, txt=svc.txt, addresses=list(svc.addresses),
@@ -107,7 +116,7 @@ def _server_config(args: argparse.Namespace, account_server: str | None) -> driv
 
 def _report(out: Output, problems: list[Problem]) -> None:
     for p in problems:
-        out.warn(f"skipped {p.name}: {p.message}")
+        out.warn(escape(f"skipped {p.name}: {p.message}"))
 
 
 async def main_async(args: argparse.Namespace, out: Output) -> int:
@@ -129,7 +138,7 @@ async def main_async(args: argparse.Namespace, out: Output) -> int:
     except errors.BadName as exc:
         raise Fatal(exc.message) from None
     config = _server_config(args, account_server)
-    client = driver.DnsClient(config, explain=out.explain if out.verbose else None)
+    client = driver.DnsClient(config, explain=verbose_hook(out))
     try:
         if args.domains:
             return await _list_domains(client, domain, out)
@@ -140,8 +149,8 @@ async def main_async(args: argparse.Namespace, out: Output) -> int:
                 return out.exit_code()
             types = found
             if not types:
-                out.warn(f"no service types listed under _services._dns-sd._udp.{names.name_text(domain)}; "
-                         "pass -t TYPE")
+                out.warn(escape(f"no service types listed under _services._dns-sd._udp."
+                                f"{names.name_text(domain)}; pass -t TYPE"))
                 return out.exit_code()
         if args.watch:
             return await _watch(client, domain, types, args, out)
@@ -183,7 +192,8 @@ async def _list_types(client: driver.DnsClient, domain: dns.name.Name, out: Outp
         try:
             names.check_service_type(text)
         except errors.BadName:
-            out.warn(f"skipped {names.name_text(target)}: not a service type under {names.name_text(domain)}")
+            out.warn(escape(f"skipped {names.name_text(target)}: not a service type under "
+                            f"{names.name_text(domain)}"))
             continue
         if text.lower() not in (f.lower() for f in found):
             found.append(text)

@@ -24,12 +24,14 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from rich.markup import escape
 from rich.table import Table
 
 import ula
 from dnssd_wa import driver, errors, names, records, update
 from dnssd_wa.errors import DnssdError, TransportFailed, UpdateFailed
 from tools.account_file import Host, load_host
+from tools.browse import verbose_hook
 from tools.cli import (
     EXIT_OK,
     EXIT_REMOTE,
@@ -132,7 +134,7 @@ async def resolve_target(args: argparse.Namespace, host: Host, out: Output) -> T
             resolver = driver.parse_hostport(args.resolver, driver.DNS_PORT) if args.resolver else None
             out.explain(f"no --server: looking up _dns-update-tls._tcp.{host.account.domain} SRV")
             h, p = await driver.discover_update_server(names.domain_name(host.account.domain), resolver,
-                                                       explain=out.explain if out.verbose else None)
+                                                       explain=verbose_hook(out))
             if not args.tcp:
                 transport = driver.Transport.TLS
     except errors.BadName as exc:
@@ -169,7 +171,7 @@ class Registrar:
         self.registered: tuple[records.RRSet, ...] = ()
         self.refresh = update.LeaseRefresh()
         self.warned_lease = False
-        self.client = driver.DnsClient(target.config, explain=out.explain if out.verbose else None)
+        self.client = driver.DnsClient(target.config, explain=verbose_hook(out))
         self.stop: asyncio.Event | None = None
 
     def rrsets(self) -> tuple[records.RRSet, ...]:
@@ -194,7 +196,7 @@ class Registrar:
                     raise Fatal(exc.message, EXIT_USAGE) from None
                 if attempts is not None and tries >= attempts:
                     raise Fatal(f"{exc.message} (gave up after {tries} attempts)", EXIT_REMOTE) from None
-                self.out.warn(f"{exc.message}; retrying in {delay:.1f} s")
+                self.out.warn(escape(f"{exc.message}; retrying in {delay:.1f} s"))
                 if self.stop is not None:
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self.stop.wait(), delay)
@@ -205,7 +207,7 @@ class Registrar:
                 delay = min(delay * 2, MAX_BACKOFF)
                 await self.client.close()
                 self.client = driver.DnsClient(self.target.config,
-                                               explain=self.out.explain if self.out.verbose else None)
+                                               explain=verbose_hook(self.out))
             except UpdateFailed as exc:
                 raise Fatal(exc.message, EXIT_USAGE if exc.kind.user_fixable else EXIT_REMOTE) from None
 
@@ -218,8 +220,9 @@ class Registrar:
         granted = reply.lease.lease if reply.lease is not None else None
         if granted is None and lease is not None and not self.warned_lease:
             self.warned_lease = True
-            self.out.warn(f"{self.target.label} did not echo the Update Lease option (RFC 9664): the "
-                          "records do not expire there; they stay until this command removes them on exit")
+            self.out.warn(escape(f"{self.target.label} did not echo the Update Lease option (RFC 9664): "
+                                 "the records do not expire there; they stay until this command removes "
+                                 "them on exit"))
         self.refresh.registered(time.time(), granted, random.random())
         self.out.emit(self._record(state, rrsets, granted, ms, source))
 

@@ -101,7 +101,8 @@ def register_argv(denv: DnsEnv, label: str, name: str, *extra: str) -> list[str]
 
 
 def browse(denv: DnsEnv, *types: str, extra: tuple[str, ...] = ()) -> subprocess.CompletedProcess[str]:
-    argv = ["btmm-browse", "--json", "--account", str(denv.account_file), "--server", denv.server.server_arg]
+    mode = [] if "--pretty" in extra else ["--json"]
+    argv = ["btmm-browse", *mode, "--account", str(denv.account_file), "--server", denv.server.server_arg]
     for t in types:
         argv += ["-t", t]
     return run_cli(denv, [*argv, *extra])
@@ -408,6 +409,8 @@ def test_nsupdate_adds_service_browse_finds_it(dns_env: DnsEnv, tmp_path: Path) 
     assert [(s["instance"], s["port"], s["txt"], s["addresses"]) for s in svcs] == [
         (stored(d, "Printer 2.0"), 631, {"rp": "ipp/print"}, ["fd00:1:2::9"])
     ]
+    table = browse(d, "_ipp._tcp", extra=("--pretty",))  # the rich table a terminal shows
+    assert table.returncode == 0 and stored(d, "Printer 2.0") in table.stdout and "631" in table.stdout
 
 
 def test_ptr_pointing_nowhere_is_skipped_and_reported(dns_env: DnsEnv) -> None:
