@@ -327,7 +327,10 @@ class DnsClient:
             except TimeoutError:
                 raise errors.timed_out(self.config.label, self.config.timeout) from None
             except (ConnectionError, OSError) as exc:
-                raise errors.unreachable(self.config.label, str(exc)) from None
+                raise errors.TransportFailed(Failure.UNREACHABLE, (
+                    f"{self.config.label} closed the connection before answering ({exc}); BIND does "
+                    "this over DoT when its update queue (100 pending updates) is full — retry "
+                    "later")) from None
         finally:
             self._pending.pop(msg_id, None)
 
