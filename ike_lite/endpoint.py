@@ -116,24 +116,24 @@ class IkeEndpoint:
         }
 
     def keylog(self, handle: int) -> str:
-        """The session's IKE keys as a line of Wireshark's ``ikev2_decryption_table``."""
+        """The session's IKE keys as a line of Wireshark's ``ikev2_decryption_table`` UAT file
+        (SPIs and keys as bare hex, SK_e with its salt; AEAD, so no SK_a)."""
         sa = self._sa(handle)
         if sa.keys is None or sa.aead is None:
             return ""
-        alg = (
-            "AES-GCM-256 with 16 octet ICV [RFC5282]"
-            if sa.aead.name.startswith("aes")
-            else "ChaCha20-Poly1305 [RFC7634]"
-        )
+        alg = {
+            "aes256gcm16": "AES-GCM-256 with 16 octet ICV [RFC5282]",
+            "aes128gcm16": "AES-GCM-128 with 16 octet ICV [RFC5282]",
+        }.get(sa.aead.name, "ChaCha20-Poly1305 [RFC7634]")
         return ",".join(
             [
-                f'"{sa.spi_i.hex()}"',
-                f'"{sa.spi_r.hex()}"',
-                f'"{sa.keys.sk_ei.hex()}"',
-                f'"{sa.keys.sk_er.hex()}"',
+                sa.spi_i.hex(),
+                sa.spi_r.hex(),
+                sa.keys.sk_ei.hex(),
+                sa.keys.sk_er.hex(),
                 f'"{alg}"',
-                '""',
-                '""',
+                "",
+                "",
                 '"NONE [RFC4306]"',
             ]
         )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -133,3 +134,33 @@ class BackgroundPing:
         out, _ = self.proc.communicate(timeout=30)
         m = re.search(r"(\d+) packets transmitted, (\d+) received", out.decode())
         return (int(m.group(1)), int(m.group(2))) if m else (0, 0)
+
+
+class Capture:
+    """tcpdump on one interface (started when it says it listens), read back with tshark."""
+
+    def __init__(self, lab: Lab, ns: str, ifname: str, path: Path) -> None:
+        self.lab, self.path = lab, path
+        self.proc = lab.popen(
+            ns,
+            ["tcpdump", "-U", "--immediate-mode", "-n", "-Z", "root", "-i", ifname, "-w", str(path), "udp"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        assert self.proc.stderr is not None
+        line = self.proc.stderr.readline()
+        if b"listening on" not in line:
+            raise LabError(f"tcpdump did not start: {line!r}")
+
+    def stop(self) -> None:
+        time.sleep(0.3)
+        self.lab.stop(self.proc)
+
+    def tshark(self, *args: str) -> str:
+        out = self.lab.run(None, ["tshark", "-n", "-r", str(self.path), *args], timeout=60, check=False)
+        if out.returncode != 0 or not out.stdout:
+            raise LabError(
+                f"tshark on {self.path} ({self.path.stat().st_size} bytes) failed: "
+                f"{out.stderr.decode(errors='replace')[-600:]}"
+            )
+        return out.stdout.decode(errors="replace")

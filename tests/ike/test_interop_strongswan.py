@@ -31,6 +31,7 @@ from .interop import (
     SWAN_ID,
     SWAN_INNER,
     BackgroundPing,
+    Capture,
     Runner,
     ping,
     start_charon,
@@ -137,8 +138,10 @@ def test_direct_btmm_initiator_to_strongswan(direct: Topo) -> None:
     direct.runner.clear()
     r, charon = direct.runner, direct.charon
     mark = charon.log_size()
+    capture = Capture(direct.lab, direct.swan, "vs", direct.tmp / "ike.pcap")
     r.send(cmd="initiate", addr="198.18.0.2:4500", peer_id=SWAN_ID, inner=SWAN_INNER)
     up = r.wait("ChildSaUp", timeout=15)
+    capture.stop()
     ike, children = _swan_state(charon)
     assert children and children[0]["spi-in"] == up["spi_out"] and children[0]["spi-out"] == up["spi_in"]
     log = charon.log_text()[mark:]
@@ -152,6 +155,10 @@ def test_direct_btmm_initiator_to_strongswan(direct: Topo) -> None:
     assert bytes.fromhex(fields[2]) in logged_secrets(log, "Sk_ei secret")
     assert bytes.fromhex(fields[3]) in logged_secrets(log, "Sk_er secret")
     assert fields[4] == "AES-GCM-256 with 16 octet ICV [RFC5282]"
+    # and Wireshark decrypts our IKE_AUTH with that line.
+    keyline = (direct.tmp / "ike.keys").read_text().splitlines()[-1]
+    dissected = capture.tshark("-o", f"uat:ikev2_decryption_table:{keyline}", "-V")
+    assert f"ID_FQDN: {BTMM_ID}" in dissected and f"ID_FQDN: {SWAN_ID}" in dissected
     _traffic(direct)
 
 
