@@ -34,7 +34,18 @@ from ike_lite.errors import IkeError, ProtocolError, UsageError
 from ike_lite.keys import cookie as make_cookie
 from ike_lite.proposals import choose, describe
 from ike_lite.sa import IkeSa
-from ike_lite.wire import KE, SA, Header, Message, Nonce, Notify, Payload, encode_message, parse_message
+from ike_lite.wire import (
+    KE,
+    SA,
+    Header,
+    Message,
+    Nonce,
+    Notify,
+    Payload,
+    encode_message,
+    parse_header,
+    parse_message,
+)
 
 Addr = ev.Addr
 COOKIE_VERSION = 1
@@ -190,7 +201,12 @@ class IkeEndpoint:
                 return spi
 
     def established(self, sa: IkeSa) -> None:
-        self._half_open = {k: v for k, v in self._half_open.items() if v is not sa}
+        self._unlist_half_open(sa)
+
+    def _unlist_half_open(self, sa: IkeSa) -> None:
+        key = (sa.spi_i, sa.first_addr)
+        if self._half_open.get(key) is sa:
+            del self._half_open[key]
 
     def adopt(self, sa: IkeSa) -> None:
         """A rekeyed IKE SA takes over the session handle."""
@@ -202,7 +218,7 @@ class IkeEndpoint:
             del self._sas[sa.our_spi]
         if self._handles.get(sa.handle) is sa:
             del self._handles[sa.handle]
-        self._half_open = {k: v for k, v in self._half_open.items() if v is not sa}
+        self._unlist_half_open(sa)
 
     # ------------------------------------------------------------------ demultiplexing
     def _new_handle(self) -> int:
@@ -218,7 +234,16 @@ class IkeEndpoint:
                 self.drop(0, "ESP (no non-ESP marker) handed to the IKE endpoint", addr)
                 return
             data = data[4:]
-        msg = parse_message(data)
+        header = parse_header(data)
+        try:
+            msg = parse_message(data)
+        except ProtocolError as exc:
+            is_init = header.exchange == ExchangeType.IKE_SA_INIT and not header.is_response
+            if is_init and exc.notify == NotifyType.UNSUPPORTED_CRITICAL_PAYLOAD:
+                self._reply_plain(
+                    header, [Notify(NotifyType.UNSUPPORTED_CRITICAL_PAYLOAD, exc.data)], addr, natt
+                )
+            raise
         h = msg.header
         if h.exchange == ExchangeType.IKE_SA_INIT and not h.is_response and h.spi_r == bytes(8):
             if not h.from_initiator or h.message_id != 0:

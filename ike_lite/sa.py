@@ -181,6 +181,7 @@ class IkeSa:
         self.spi_i = spi_i
         self.spi_r = spi_r
         self.peer_addr = peer_addr
+        self.first_addr = peer_addr  # where IKE_SA_INIT came from (the half-open index key)
         self.natt = natt
         self.state = State.INIT_SENT if initiator else State.HALF_OPEN
         self.created = now

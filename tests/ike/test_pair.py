@@ -8,8 +8,8 @@ import pytest
 
 from ike_lite import Datagram, UsageError
 from ike_lite import events as ev
-from ike_lite.const import DhGroup
-from ike_lite.wire import parse_message
+from ike_lite.const import DhGroup, ExchangeType, Flag, NotifyType
+from ike_lite.wire import Header, Notify, encode_payloads, parse_message
 
 from .pair import B_INNER, Pair
 
@@ -337,3 +337,21 @@ def test_simultaneous_rekeys_resolve(kind: str) -> None:
     pair.a.rekey_child(pair.a.sessions()[0], pair.now)
     pair.pump()
     assert_keys_match(pair)
+
+
+def test_init_with_unknown_critical_payload_is_answered() -> None:
+    """RFC 7296 §2.5: an unknown payload with the critical bit gets UNSUPPORTED_CRITICAL_PAYLOAD."""
+    pair = Pair()
+    unknown = b"\x29\x80\x00\x08abcd"  # type 99 (set in the header), critical, next = Notify (41)
+    tail = encode_payloads([Notify(NotifyType.INITIAL_CONTACT)])
+    header = Header(b"I" * 8, bytes(8), 99, ExchangeType.IKE_SA_INIT, Flag.INITIATOR, 0)
+    raw = header.encode(28 + len(unknown) + len(tail)) + unknown + tail
+    pair.b.receive_datagram(b"\0\0\0\0" + raw, ("198.18.0.1", 4500), pair.now)
+    (reply,) = pair.b.datagrams_to_send(pair.now)
+    msg = parse_message(reply.data[4:])
+    assert msg.header.is_response and msg.header.spi_i == b"I" * 8
+    assert (
+        msg.notifies()[0].type == NotifyType.UNSUPPORTED_CRITICAL_PAYLOAD
+        and msg.notifies()[0].data == b"\x63"
+    )
+    assert pair.b.sessions() == []
