@@ -320,7 +320,8 @@ table ip btmmnat {
             s,
             tmp,
             [
-                swan_conn("resp", "%any", esp_proposals=ESP_PFS, dpd_delay=2),
+                # MOBIKE on, as strongSwan defaults; we do not announce MOBIKE_SUPPORTED, so it stays unused
+            swan_conn("resp", "%any", esp_proposals=ESP_PFS, dpd_delay=2, mobike=True),
                 # BTMM: strongSwan reaches us at the NAT's forwarded port, NAT-T framing from the start
                 swan_conn(
                     "toH",
@@ -330,6 +331,7 @@ table ip btmmnat {
                     child="toH-child",
                     esp_proposals=ESP_PFS,
                     dpd_delay=2,
+                    mobike=True,
                 ),
             ],
         )

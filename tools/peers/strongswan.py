@@ -40,6 +40,7 @@ class Conn:
     proposals: str = "aes256gcm16-prfsha256-x25519"
     esp_proposals: str = "aes256gcm16"
     encap: bool = True
+    mobike: bool = False
     dpd_delay: int = 0
     rekey_time: str = "4h"
     child_rekey_time: str = "1h"
@@ -57,7 +58,7 @@ class Conn:
     remote_port = {self.remote_port}
     proposals = {self.proposals}
     encap = {"yes" if self.encap else "no"}
-    mobike = no
+    mobike = {"yes" if self.mobike else "no"}
     dpd_delay = {self.dpd_delay}s
     rekey_time = {self.rekey_time}
 {extra}    local {{
