@@ -70,6 +70,7 @@ class Change:
 
 class Store:
     def __init__(self, path: Path, *, sync: str = "full") -> None:
+        self._next_id: int | None = None
         try:
             self.db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
             self.db.execute("PRAGMA journal_mode=WAL")
@@ -109,15 +110,30 @@ class Store:
             yield StoredRecord(int(rid), str(zone), name, int(rdtype), bytes(rdata), int(ttl), expires)
 
     def apply(self, change: Change) -> list[int]:
-        """Commit one change durably; returns the row ids of the inserted records."""
-        ids: list[int] = []
+        """Commit one change durably; returns the row ids of the inserted records.
+
+        Row ids are handed out here (one process owns the file), so inserts go in one
+        ``executemany``; a failed transaction leaves gaps, which is harmless.
+        """
+        if self._next_id is None:
+            row = self.db.execute("SELECT COALESCE(MAX(id), 0) FROM rr").fetchone()
+            self._next_id = int(row[0]) + 1
+        first = self._next_id
+        ids = list(range(first, first + len(change.inserts)))
+        owners: dict[int, bytes] = {}
+        rows = []
+        for rid, (zone, owner, rdtype, rdata, ttl, expires) in zip(ids, change.inserts, strict=True):
+            wire = owners.get(id(owner))
+            if wire is None:
+                wire = owners[id(owner)] = owner.to_wire() or b""
+            rows.append((rid, zone, wire, rdtype, ttl, rdata, expires))
+        self._next_id = first + len(ids)
         cur = self.db.cursor()
         cur.execute("BEGIN IMMEDIATE")
         try:
-            for zone, owner, rdtype, rdata, ttl, expires in change.inserts:
-                cur.execute("INSERT INTO rr(zone, owner, rdtype, ttl, rdata, expires) VALUES (?,?,?,?,?,?)",
-                            (zone, owner.to_wire(), rdtype, ttl, rdata, expires))
-                ids.append(int(cur.lastrowid or 0))
+            if rows:
+                cur.executemany("INSERT INTO rr(id, zone, owner, rdtype, ttl, rdata, expires) "
+                                "VALUES (?,?,?,?,?,?,?)", rows)
             if change.deletes:
                 cur.executemany("DELETE FROM rr WHERE id = ?", [(rid,) for rid in change.deletes])
             if change.updates:
