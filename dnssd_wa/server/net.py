@@ -92,7 +92,8 @@ class UdpListener:
 
     def close(self) -> None:
         self.stopping = True
-        self.thread.join(timeout=2)
+        if self.thread.is_alive():
+            self.thread.join(timeout=2)
         self.sock.close()
 
 
@@ -193,12 +194,20 @@ class Server:
         loop = asyncio.get_running_loop()
         for address in listen:
             host, port = _split(address)
-            udp = UdpListener(self.core, loop, address)
+            for attempt in range(20):
+                udp = UdpListener(self.core, loop, address)
+                bound = int(udp.address.rpartition(":")[2])  # port 0: TCP follows UDP's port
+                try:
+                    tcp = await asyncio.start_server(lambda r, w: self._stream(r, w, "tcp"), host, bound,
+                                                     reuse_address=True)
+                except OSError:
+                    udp.close()
+                    if port != 0 or attempt == 19:
+                        raise
+                    continue
+                break
             self.udp.append(udp)
             self.listeners.append({"proto": "udp", "address": udp.address})
-            port = int(udp.address.rpartition(":")[2])  # port 0: TCP follows UDP's port
-            tcp = await asyncio.start_server(lambda r, w: self._stream(r, w, "tcp"), host, port,
-                                             reuse_address=True)
             self.servers.append(tcp)
             self.listeners.append({"proto": "tcp", "address": _bound(tcp)})
         for address in tls_listen:
