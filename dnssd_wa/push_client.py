@@ -26,6 +26,7 @@ import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
+import dns.exception
 import dns.name
 import dns.rcode
 import dns.rdata
@@ -33,6 +34,10 @@ import dns.rdataclass
 import dns.rdatatype
 
 from dnssd_wa import dso, push
+from dnssd_wa.browse import Problem, Service
+from dnssd_wa.driver import DnsClient
+from dnssd_wa.errors import DnssdError
+from dnssd_wa.watch import BrowseOnce, WatchState
 
 CLIENT_KEEPALIVE = dso.Keepalive(inactivity_timeout_ms=60_000, keepalive_interval_ms=3_600_000)
 
@@ -259,4 +264,112 @@ async def watch_records(host: str, port: int, name: dns.name.Name | str, rdtype:
     except StopAsyncIteration:
         pass
     finally:
+        await conn.close()
+
+
+# -- btmm-browse --watch over DNS Push ---------------------------------------------------------
+
+async def find_push_server(client: DnsClient, domain: dns.name.Name) -> tuple[str, int] | None:
+    """(address, port) from SRV ``_dns-push-tls._tcp.<domain>`` (RFC 8765 §6.1), or None.
+
+    The SRV target is resolved through the same DNS server; if it has no address there,
+    the DNS server's own address is used (btmm-serve serves both).
+    """
+    qname = dns.name.Name((b"_dns-push-tls", b"_tcp", *domain.labels))
+    try:
+        reply = await client.query(qname, dns.rdatatype.SRV)
+    except DnssdError:
+        return None
+    srvs = [rd for rrset in reply.answer if rrset.rdtype == dns.rdatatype.SRV for rd in rrset]
+    if not srvs:
+        return None
+    srv = min(srvs, key=lambda r: (r.priority, -r.weight))
+    host = client.config.host
+    for rdtype in (dns.rdatatype.A, dns.rdatatype.AAAA):
+        try:
+            found = await client.query(srv.target, rdtype)
+        except DnssdError:
+            continue
+        addresses = [rd.address for rrset in found.answer if rrset.rdtype == rdtype for rd in rrset]
+        if addresses:
+            host = addresses[0]
+            break
+    return host, int(srv.port)
+
+
+async def watch_with_push(client: DnsClient, domain: dns.name.Name, types: list[str],
+                          browse_once: BrowseOnce, emit: Callable[[str, Service], None], *,
+                          stop: asyncio.Event, report: Callable[[list[Problem]], None] | None = None,
+                          explain: Callable[[str], None] | None = None,
+                          settle: float = 0.02) -> bool:
+    """``--watch`` driven by DNS Push: False at once when the server offers no DNS Push (or
+    the session cannot be set up, or is lost later), so the caller polls instead.
+
+    Subscribes to the PTR RRset of each service type and to every name a found service
+    depends on (the instance's SRV/TXT, the target host's addresses); any PUSH triggers one
+    re-browse (after ``settle`` seconds, to batch an UPDATE's records) whose differences are
+    emitted exactly like the polling watcher's.
+    """
+    say = explain or (lambda _msg: None)
+    target = await find_push_server(client, domain)
+    if target is None:
+        say("no _dns-push-tls._tcp SRV record: polling")
+        return False
+    try:
+        conn = await PushConnection.connect(target[0], target[1])
+    except PushError as exc:
+        say(f"DNS Push server {target[0]}:{target[1]} unusable ({exc}): polling")
+        return False
+    say(f"DNS Push session with {target[0]}:{target[1]}")
+    changed = asyncio.Event()
+    pumps: list[asyncio.Task[None]] = []
+    watched: set[tuple[dns.name.Name, int]] = set()
+
+    async def pump(sub: Subscription) -> None:
+        with contextlib.suppress(PushError):
+            async for _event in sub:
+                changed.set()
+        changed.set()  # the session ended: wake the loop so it notices
+
+    async def watch_name(name: dns.name.Name, rdtype: int) -> None:
+        if (name, rdtype) not in watched:
+            watched.add((name, rdtype))
+            pumps.append(asyncio.create_task(pump(await conn.subscribe(name, rdtype))))
+
+    state = WatchState()
+    reported: set[tuple[str, str]] = set()
+    try:
+        for service_type in types:
+            await watch_name(dns.name.from_text(service_type, domain), dns.rdatatype.PTR)
+        while not stop.is_set():
+            changed.clear()
+            services, problems = await browse_once()
+            fresh = [p for p in problems if (p.name, p.message) not in reported]
+            reported.update((p.name, p.message) for p in problems)
+            if report is not None and fresh:
+                report(fresh)
+            for event, svc in state.update(services):
+                emit(event, svc)
+            for svc in services:
+                await watch_name(svc.name, dns.rdatatype.ANY)
+                with contextlib.suppress(dns.exception.DNSException):
+                    await watch_name(dns.name.from_text(svc.host), dns.rdatatype.ANY)
+            if conn.error is not None:
+                raise PushError(conn.error)
+            waiter = asyncio.create_task(changed.wait())
+            stopper = asyncio.create_task(stop.wait())
+            await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
+            waiter.cancel()
+            stopper.cancel()
+            if conn.error is not None:
+                raise PushError(conn.error)
+            if not stop.is_set():
+                await asyncio.sleep(settle)
+        return True
+    except PushError as exc:
+        say(f"DNS Push session lost ({exc}): polling")
+        return False
+    finally:
+        for task in pumps:
+            task.cancel()
         await conn.close()
