@@ -23,7 +23,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from dnssd_wa import browse as plans
-from dnssd_wa import driver, errors, names, watch
+from dnssd_wa import driver, errors, names, push_client, watch
 from dnssd_wa.browse import Problem, Service
 from tools.account_file import load_account
 from tools.cli import EXIT_REMOTE, EXIT_USAGE, Fatal, Output, Record, make_parser, make_record, run
@@ -47,7 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--domains", action="store_true", help="list browse domains (b/db/lb._dns-sd._udp)")
     mode.add_argument("--types", action="store_true", help="list service types (_services._dns-sd._udp)")
-    mode.add_argument("--watch", action="store_true", help="keep browsing; emit added/removed events")
+    mode.add_argument("--watch", action="store_true",
+                      help="keep browsing; emit added/removed events (DNS Push when offered, else polling)")
     parser.add_argument("--server", metavar="HOST[:PORT]",
                         help="DNS server to ask (default: the account file's server, "
                         "else the system resolver)")
@@ -221,6 +222,11 @@ async def _watch(client: driver.DnsClient, domain: dns.name.Name, types: list[st
     def emit(event: str, svc: Service) -> None:
         out.emit(service_record(svc, event=event))
 
+    # DNS Push (RFC 8765) when the server advertises _dns-push-tls._tcp; polling otherwise
+    if await push_client.watch_with_push(client, domain, types, browse_once, emit, stop=stop,
+                                         report=lambda p: _report(out, p),
+                                         explain=lambda m: out.explain(escape(m))):
+        return out.exit_code()
     await watch.watch_poll(browse_once, emit, sleep, stop=stop.is_set, min_interval=args.min_interval,
                            max_interval=args.max_interval, report=lambda p: _report(out, p))
     return out.exit_code()
