@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from ike_lite import events as ev
 from ike_lite.config import Config
 from ike_lite.const import NON_ESP_MARKER, DhGroup, ExchangeType, Flag, NotifyType, PayloadType, ProtocolId
+from ike_lite.core import SaCore
 from ike_lite.errors import IkeError, ProtocolError, UsageError
 from ike_lite.keys import cookie as make_cookie
 from ike_lite.proposals import choose, describe
@@ -66,9 +67,9 @@ class IkeEndpoint:
     def __init__(self, config: Config, rng: Callable[[int], bytes], now: float = 0.0) -> None:
         self.config = config
         self.rng = rng
-        self._sas: dict[bytes, IkeSa] = {}  # by our SPI
-        self._handles: dict[int, IkeSa] = {}  # current IKE SA of each session
-        self._half_open: dict[tuple[bytes, Addr], IkeSa] = {}
+        self._sas: dict[bytes, SaCore] = {}  # by our SPI
+        self._handles: dict[int, SaCore] = {}  # current IKE SA of each session
+        self._half_open: dict[tuple[bytes, Addr], SaCore] = {}
         self._esp_spis: set[bytes] = set()
         self._out: list[Datagram] = []
         self._events: deque[ev.Event] = deque()
@@ -92,7 +93,7 @@ class IkeEndpoint:
         sa.start(peer_id, peer_inner, now)
         return handle
 
-    def _sa(self, handle: int) -> IkeSa:
+    def _sa(self, handle: int) -> SaCore:
         sa = self._handles.get(handle)
         if sa is None:
             raise UsageError(f"no IKE session with handle {handle}")
@@ -200,20 +201,20 @@ class IkeEndpoint:
                 self._esp_spis.add(spi)
                 return spi
 
-    def established(self, sa: IkeSa) -> None:
+    def established(self, sa: SaCore) -> None:
         self._unlist_half_open(sa)
 
-    def _unlist_half_open(self, sa: IkeSa) -> None:
+    def _unlist_half_open(self, sa: SaCore) -> None:
         key = (sa.spi_i, sa.first_addr)
         if self._half_open.get(key) is sa:
             del self._half_open[key]
 
-    def adopt(self, sa: IkeSa) -> None:
+    def adopt(self, sa: SaCore) -> None:
         """A rekeyed IKE SA takes over the session handle."""
         self._sas[sa.our_spi] = sa
         self._handles[sa.handle] = sa
 
-    def forget(self, sa: IkeSa) -> None:
+    def forget(self, sa: SaCore) -> None:
         if self._sas.get(sa.our_spi) is sa:
             del self._sas[sa.our_spi]
         if self._handles.get(sa.handle) is sa:
