@@ -76,6 +76,18 @@ from typing import Any
 from esp_udp.encap import KEEPALIVE, KEEPALIVE_INTERVAL, NON_ESP_MARKER, KeepaliveTimer
 from esp_udp.errors import ConfigError, DropReason, EspError
 from esp_udp.esp import NH_IPV6, OVERHEAD_MAX, InboundSA, OutboundSA
+from esp_udp.offload import (
+    F_DATA_VALID,
+    F_NEEDS_CSUM,
+    GSO_ECN,
+    GSO_NONE,
+    GSO_TCPV6,
+    VNET_HDR,
+    VNET_HDR_LEN,
+    TcpCoalescer,
+    TcpSegmenter,
+    finish_checksum,
+)
 from esp_udp.replay import DEFAULT_WINDOW
 from esp_udp.sa import SAParams, Suite
 from esp_udp.tun import TunDevice
@@ -152,7 +164,7 @@ class _Peer:
         self.inbound_spis: list[int] = []
         self.counters = PeerCounters()
         self.keepalive = keepalive
-        self.signalled: set[int] = set()
+        self.signalled: set[tuple[str, int]] = set()  # (event kind, SPI) already reported
 
 
 def asyncio_bridge(loop: asyncio.AbstractEventLoop, handler: IkeHandler) -> IkeHandler:
@@ -187,6 +199,8 @@ class Datapath:
         gso: bool = True,
         gro: bool = True,
         busy_poll: float = 0.0,
+        offload: bool = True,
+        tso: bool = False,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.local_inner = ipaddress.IPv6Address(str(local_inner).split("/")[0])
@@ -218,6 +232,13 @@ class Datapath:
         self._wake_r = -1
         self._wake_w = -1
         self._gso = gso
+        self.offload = offload
+        self.tso = tso
+        self._rx_base = 0  # where decrypted packets start in _dbuf (room for a vnet header)
+        self._coalescer = TcpCoalescer()
+        self._sview = memoryview(bytearray(BUF_SIZE))
+        self._b_peer: _Peer | None = None
+        self._b_seg = self._b_start = self._b_used = self._b_count = 0
         self.busy_poll = busy_poll
         self._gro = gro
         self._gso_bytes = GSO_MAX_BYTES
@@ -237,7 +258,8 @@ class Datapath:
         """Create the TUN device and the socket, start the worker thread."""
         if self._thread is not None:
             return
-        self.tun = TunDevice(self.tun_name, mtu=self.mtu)
+        self.tun = TunDevice(self.tun_name, mtu=self.mtu, offload=self.offload, tso=self.tso)
+        self._rx_base = 16 if self.tun.offload else 0
         try:
             self.tun.set_address(self.local_inner)
             self.sock = self._open_socket()
@@ -476,35 +498,33 @@ class Datapath:
             ep.close()
 
     def _drain_tun(self) -> None:
-        """TUN → seal → UDP, up to ``batch`` packets.
+        """TUN → seal → UDP, up to ``batch`` reads.
 
         Consecutive packets to the same peer that seal to the same size are written
         back to back into one buffer and sent with one ``sendmsg`` carrying ``UDP_SEGMENT``
         (UDP GSO: the kernel cuts them into datagrams), so a TCP burst costs one UDP
-        syscall per batch instead of one per packet.
+        syscall per batch instead of one per packet. With TUN offloads a read may return a
+        TCP super-packet, cut into MSS segments here (esp_udp.offload).
         """
         assert self.tun is not None
         tun_fd = self.tun.fd
         pbuf = self._pbuf
         pview = self._pview
-        oview = self._oview
         peers = self._peers
         glob = self.counters_global
-        gso = self._gso
-        # The pending GSO batch: peer, segment size, oview[start:used], segment count.
-        batch_peer: _Peer | None = None
-        seg = start = used = count = 0
-        limit = self._gso_bytes
+        offload = self.tun.offload
+        base = VNET_HDR_LEN if offload else 0
+        self._b_count = 0
         for _ in range(self.batch):
             try:
                 n = os.readv(tun_fd, (pbuf,))
             except OSError:
                 break
-            version = pbuf[0] >> 4
-            if version != 6 or n < 40:
-                glob.drop(DropReason.NO_ROUTE if version == 4 else DropReason.BAD_INNER)
+            if n < base + 40 or pbuf[base] >> 4 != 6:
+                glob.drop(DropReason.NO_ROUTE if n > base and pbuf[base] >> 4 == 4
+                          else DropReason.BAD_INNER)
                 continue
-            peer = peers.get(bytes(pview[24:40]))
+            peer = peers.get(bytes(pview[base + 24:base + 40]))
             if peer is None:
                 glob.drop(DropReason.NO_ROUTE)
                 continue
@@ -512,36 +532,64 @@ class Datapath:
             if sa is None:
                 peer.counters.drop(DropReason.NO_SA)
                 continue
-            if count and (peer is not batch_peer or used - start + n + 64 > limit
-                          or count >= GSO_MAX_SEGMENTS or not gso):
-                self._flush(batch_peer, oview[start:used], seg, count)
-                start = used = count = 0
+            if not offload:
+                self._queue(peer, sa, pview, n)
+                continue
+            flags, gso_type, _, gso_size, csum_start, csum_offset = VNET_HDR.unpack_from(pbuf, 0)
+            packet = pview[base:n]
             try:
-                length = sa.seal_into(oview[used:], pview, n, NH_IPV6)
+                if gso_type == GSO_NONE:
+                    if flags & F_NEEDS_CSUM:
+                        finish_checksum(packet, csum_start, csum_offset)
+                    self._queue(peer, sa, pview[base:], n - base)
+                elif gso_type & ~GSO_ECN == GSO_TCPV6:
+                    segmenter = TcpSegmenter(packet, gso_size)
+                    sview = self._sview
+                    for index in range(segmenter.count):
+                        self._queue(peer, sa, sview, segmenter.write(index, sview))
+                else:
+                    peer.counters.drop(DropReason.BAD_INNER)
             except EspError as exc:
                 peer.counters.drop(exc.reason)
-                if exc.reason is DropReason.SEQ_EXHAUSTED and sa.spi not in peer.signalled:
-                    peer.signalled.add(sa.spi)
-                    self._emit(DatapathEvent("seq_exhausted", str(peer.inner), sa.spi))
-                continue
-            c = peer.counters
-            c.packets_out += 1
-            c.bytes_out += n
-            if count == 0:
-                batch_peer, seg, start, count = peer, length, used, 1
-                used += length
-            elif length == seg:
-                used += length
-                count += 1
-            elif length < seg:  # a shorter segment may only end a GSO batch
-                self._flush(peer, oview[start:used + length], seg, count + 1)
-                start = used = count = 0
-            else:  # longer: send what we have; this packet starts the next batch
-                self._flush(batch_peer, oview[start:used], seg, count)
-                batch_peer, seg, start, count = peer, length, used, 1
-                used += length
+        if self._b_count:
+            self._flush(self._b_peer, self._oview[self._b_start:self._b_used], self._b_seg,
+                        self._b_count)
+            self._b_count = 0
+
+    def _queue(self, peer: _Peer, sa: OutboundSA, buf: memoryview, n: int) -> None:
+        """Seal ``buf[:n]`` for ``peer`` into the pending GSO batch (flushing it when needed)."""
+        oview = self._oview
+        count = self._b_count
         if count:
-            self._flush(batch_peer, oview[start:used], seg, count)
+            if (peer is not self._b_peer or self._b_used - self._b_start + n + 64 > self._gso_bytes
+                    or count >= GSO_MAX_SEGMENTS or not self._gso):
+                self._flush(self._b_peer, oview[self._b_start:self._b_used], self._b_seg, count)
+                count = self._b_count = 0
+        used = self._b_used if count else 0
+        try:
+            length = sa.seal_into(oview[used:], buf, n, NH_IPV6)
+        except EspError as exc:
+            peer.counters.drop(exc.reason)
+            if exc.reason is DropReason.SEQ_EXHAUSTED and ("seq_exhausted", sa.spi) not in peer.signalled:
+                peer.signalled.add(("seq_exhausted", sa.spi))
+                self._emit(DatapathEvent("seq_exhausted", str(peer.inner), sa.spi))
+            return
+        c = peer.counters
+        c.packets_out += 1
+        c.bytes_out += n
+        if count == 0:
+            self._b_peer, self._b_seg, self._b_start, self._b_count = peer, length, used, 1
+            self._b_used = used + length
+        elif length == self._b_seg:
+            self._b_used += length
+            self._b_count = count + 1
+        elif length < self._b_seg:  # a shorter segment may only end a GSO batch
+            self._flush(peer, oview[self._b_start:self._b_used + length], self._b_seg, count + 1)
+            self._b_count = 0
+        else:  # longer: send what we have; this packet starts the next batch
+            self._flush(self._b_peer, oview[self._b_start:self._b_used], self._b_seg, count)
+            self._b_peer, self._b_seg, self._b_start, self._b_count = peer, length, self._b_used, 1
+            self._b_used += length
 
     def _flush(self, peer: _Peer | None, data: memoryview, seg: int, count: int) -> None:
         """Send ``count`` sealed packets of size ``seg`` (the last may be shorter)."""
@@ -594,7 +642,7 @@ class Datapath:
             try:
                 n, ancdata, _flags, addr = recvmsg_into(bufs, space)
             except OSError:
-                return
+                break
             seg = n
             for level, kind, data in ancdata:
                 if level == socket.SOL_UDP and kind == UDP_GRO and len(data) >= 2:
@@ -605,6 +653,8 @@ class Datapath:
                 for off in range(0, n, seg):
                     end = min(off + seg, n)
                     self._datagram(rview[off:end], end - off, addr)
+        if self._rx_base:
+            self._flush_tun()
 
     def _datagram(self, view: memoryview, n: int, addr: Addr) -> None:
         """One received datagram: keepalive, IKE or ESP."""
@@ -626,16 +676,20 @@ class Datapath:
             return
         sa, peer = entry
         dview = self._dview
+        base = self._rx_base
         try:
-            _, nh, plen = sa.open_into(view, dview)
+            _, nh, plen = sa.open_into(view, dview[base:])
         except EspError as exc:
             peer.counters.drop(exc.reason)
             return
-        if nh != NH_IPV6 or plen < 40 or self._dbuf[8:24] != peer.inner_key:
+        if nh != NH_IPV6 or plen < 40 or self._dbuf[base + 8:base + 24] != peer.inner_key:
             peer.counters.drop(DropReason.BAD_INNER)  # only the peer's own ULA may come out
             return
         try:
-            os.write(self._tun_fd, dview[:plen])
+            if base:
+                self._to_tun_offload(dview[base:base + plen])
+            else:
+                os.write(self._tun_fd, dview[:plen])
         except OSError:
             peer.counters.drop(DropReason.SEND_FAILED)
             return
@@ -646,6 +700,31 @@ class Datapath:
             old = peer.outer
             peer.outer = addr
             self._emit(DatapathEvent("nat_rebind", str(peer.inner), spi, old, addr))
+
+    def _to_tun_offload(self, packet: memoryview) -> None:
+        """Write a decrypted packet with a virtio-net header, gluing TCP segments (GRO)."""
+        co = self._coalescer
+        hdr_len = TcpCoalescer.candidate(packet)
+        if hdr_len:
+            if co.add(packet, hdr_len):
+                return
+            if co.count:
+                os.write(self._tun_fd, co.take())
+                co.add(packet, hdr_len)
+                return
+        if co.count:
+            os.write(self._tun_fd, co.take())
+        start = self._rx_base - VNET_HDR_LEN
+        VNET_HDR.pack_into(self._dview, start, F_DATA_VALID, GSO_NONE, 0, 0, 0, 0)
+        os.write(self._tun_fd, self._dview[start:self._rx_base + len(packet)])
+
+    def _flush_tun(self) -> None:
+        """Write the pending coalesced packet, if any (end of a receive batch)."""
+        if self._coalescer.count:
+            try:
+                os.write(self._tun_fd, self._coalescer.take())
+            except OSError:
+                self.counters_global.drop(DropReason.SEND_FAILED)
 
     def _deliver_ike(self, data: bytes, addr: Addr) -> None:
         self.ike_in += 1
@@ -675,6 +754,6 @@ class Datapath:
                     peer.counters.keepalives_sent += 1
                 timer.note_sent(now)
             sa = peer.outbound
-            if sa is not None and sa.rekey_needed and sa.spi not in peer.signalled:
-                peer.signalled.add(sa.spi)
+            if sa is not None and sa.rekey_needed and ("rekey_needed", sa.spi) not in peer.signalled:
+                peer.signalled.add(("rekey_needed", sa.spi))
                 self._emit(DatapathEvent("rekey_needed", str(peer.inner), sa.spi))

@@ -31,6 +31,11 @@ TUNSETIFF = 0x400454CA
 IFF_TUN = 0x0001
 IFF_NO_PI = 0x1000
 IFF_MULTI_QUEUE = 0x0100
+IFF_VNET_HDR = 0x4000
+TUNSETOFFLOAD = 0x400454D0
+TUN_F_CSUM = 0x01
+TUN_F_TSO4 = 0x02
+TUN_F_TSO6 = 0x04
 IFA_F_NODAD = 0x02
 IFNAMSIZ = 16
 T = TypeVar("T")
@@ -91,7 +96,11 @@ class TunError(OSError):
 class TunDevice:
     """A TUN interface: ``fd`` for packets, netlink for its address and routes."""
 
-    def __init__(self, name: str = "btmm0", *, mtu: int = 1280, txqueuelen: int = 1000) -> None:
+    def __init__(self, name: str = "btmm0", *, mtu: int = 1280, txqueuelen: int = 1000,
+                 offload: bool = False, tso: bool = False) -> None:
+        """``offload``: virtio-net headers, so coalesced TCP can be written (GRO, see
+        esp_udp.offload); ``tso`` also lets the kernel hand over checksum-offloaded TCP
+        super-packets to be segmented here. TSO is off if the kernel refuses it."""
         if not name or len(name.encode()) >= IFNAMSIZ or "/" in name or " " in name:
             raise TunError(f"interface name {name!r} must be 1-15 characters without '/' or spaces")
         try:
@@ -99,13 +108,22 @@ class TunDevice:
         except OSError as exc:
             raise TunError(f"cannot open /dev/net/tun: {exc.strerror} (needs root or CAP_NET_ADMIN)"
                            ) from None
+        flags = IFF_TUN | IFF_NO_PI | (IFF_VNET_HDR if offload else 0)
         try:
-            ifr = struct.pack("16sH", name.encode(), IFF_TUN | IFF_NO_PI)
+            ifr = struct.pack("16sH", name.encode(), flags)
             result = fcntl.ioctl(self.fd, TUNSETIFF, ifr)
         except OSError as exc:
             os.close(self.fd)
             raise TunError(f"cannot create TUN device {name}: {exc.strerror} "
                            "(is another btmm-tunnel-up using it? pick another with --tun)") from None
+        self.offload = offload
+        self.tso = False
+        if offload and tso:
+            try:
+                fcntl.ioctl(self.fd, TUNSETOFFLOAD, TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6)
+                self.tso = True
+            except OSError:
+                pass  # the header stays; the kernel hands over plain packets
         self.name = result[:IFNAMSIZ].rstrip(b"\0").decode()
         self.mtu = mtu
         try:

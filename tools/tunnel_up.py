@@ -109,6 +109,10 @@ def build_parser(ike: bool = True) -> argparse.ArgumentParser:
                         help=f"tunnel MTU on the TUN device and peer routes (default {DEFAULT_MTU})")
     parser.add_argument("--port", type=int, default=None,
                         help=f"local UDP port for IKE and ESP (default: the file's, else {DEFAULT_PORT})")
+    parser.add_argument("--offload", choices=["gro", "tso", "none"], default="gro",
+                        help="TUN offloads: gro (default) glues received TCP segments for the "
+                        "kernel; tso also takes TCP super-packets from it and segments them here; "
+                        "none: plain TUN I/O")
     parser.add_argument("--listen", action="store_true", help="IKE responder (IKE mode)")
     if ike:
         hook = load_ike_mode()
@@ -207,7 +211,9 @@ def start_datapath(args: argparse.Namespace, inner: str, port: int,
                    on_event: Callable[[DatapathEvent], None] | None) -> Datapath:
     if not 576 <= args.mtu <= 65000:
         raise Fatal(f"--mtu {args.mtu} is out of range 576-65000 (IPv6 needs at least 1280)")
-    dp = Datapath(inner, port=port, tun_name=args.tun, mtu=args.mtu, on_event=on_event)
+    dp = Datapath(inner, port=port, tun_name=args.tun, mtu=args.mtu, on_event=on_event,
+                  offload=getattr(args, "offload", "gro") != "none",
+                  tso=getattr(args, "offload", "gro") == "tso")
     try:
         dp.start()
     except OSError as exc:

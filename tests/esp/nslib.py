@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+import hashlib
 import ipaddress
 import os
 import threading
@@ -58,3 +59,34 @@ def sa_pair(suite: Suite, inner_a: str, outer_a: tuple[str, int], inner_b: str,
     params_a = SAParams(ipaddress.IPv6Address(inner_b), outer_b, suite, spi_base + 1, spi_base + 2,
                         os.urandom(suite.keymat_len), os.urandom(suite.keymat_len))
     return params_a, params_a.mirrored(ipaddress.IPv6Address(inner_a), outer_a)
+
+
+TCP_SERVER = """
+import hashlib, socket, sys
+s = socket.socket(socket.AF_INET6)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind((sys.argv[1], 5001)); s.listen(1); s.settimeout(60)
+print("ready", flush=True)
+c, _ = s.accept(); c.settimeout(60)
+h = hashlib.sha256(); n = 0
+while True:
+    d = c.recv(65536)
+    if not d: break
+    h.update(d); n += len(d)
+print(n, h.hexdigest(), flush=True)
+"""
+
+TCP_CLIENT = """
+import socket, sys, time
+data = bytes(range(256)) * 4096  # 1 MiB
+chunks, pause = int(sys.argv[2]), float(sys.argv[3])
+c = socket.create_connection((sys.argv[1], 5001), timeout=60)
+for _ in range(chunks):
+    c.sendall(data); time.sleep(pause)
+c.close()
+"""
+
+
+def expected_digest(chunks: int) -> str:
+    """SHA-256 of what TCP_CLIENT sends in ``chunks`` MiB."""
+    return hashlib.sha256((bytes(range(256)) * 4096) * chunks).hexdigest()

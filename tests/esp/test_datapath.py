@@ -15,7 +15,7 @@ import pytest
 from esp_udp.datapath import Datapath, DatapathEvent
 from esp_udp.errors import ConfigError
 from esp_udp.sa import Suite
-from tests.esp.nslib import datapath_in, sa_pair
+from tests.esp.nslib import TCP_CLIENT, TCP_SERVER, datapath_in, expected_digest, sa_pair
 from tools.netns import Lab, wait_for
 
 A_INNER, B_INNER, C_INNER = "fd00:5::a", "fd00:5::b", "fd00:5::c"
@@ -64,6 +64,17 @@ def ping(lab: Lab, ns: str, dst: str, count: int = 3, interval: str = "0.05") ->
         if "received" in line:
             return int(line.split(",")[1].split()[0])
     return 0
+
+
+def tcp_transfer(lab: Lab, server_ns: str, client_ns: str, dst: str, chunks: int) -> tuple[int, str]:
+    server = lab.popen(server_ns, [sys.executable, "-c", TCP_SERVER, dst], stdout=subprocess.PIPE)
+    assert server.stdout is not None
+    assert server.stdout.readline().strip() == b"ready"
+    client = lab.popen(client_ns, [sys.executable, "-c", TCP_CLIENT, dst, str(chunks), "0"])
+    assert client.wait(timeout=60) == 0
+    result = server.stdout.readline().decode().split()
+    server.wait(timeout=30)
+    return int(result[0]), result[1]
 
 
 def test_datapath_api(topo: tuple[Lab, str, str]) -> None:
@@ -170,9 +181,11 @@ def test_cryptokey_routing_many_peers_and_ingress_filter() -> None:
         ab_a, ab_b = sa_pair(Suite.AES256GCM16, A_INNER, A_OUTER, B_INNER, B_OUTER, spi_base=0x4000)
         ac_a, ac_c = sa_pair(Suite.CHACHA20POLY1305, A_INNER, ("198.18.7.1", 4500), C_INNER, c_outer,
                              spi_base=0x5000)
-        a = datapath_in(ns_a, A_INNER)
+        # Three TUN modes at once: A segments TSO super-packets, B coalesces (GRO, the
+        # default), C does plain TUN I/O — so C's kernel verifies A's TCP checksums.
+        a = datapath_in(ns_a, A_INNER, tso=True)
         b = datapath_in(ns_b, B_INNER)
-        c = datapath_in(ns_c, C_INNER)
+        c = datapath_in(ns_c, C_INNER, offload=False)
         try:
             a.add_peer(ab_a)
             a.add_peer(ac_a)
@@ -194,6 +207,10 @@ def test_cryptokey_routing_many_peers_and_ingress_filter() -> None:
             lab.run(ns_b, [sys.executable, "-c", code, forger.seal(spoofed).hex()])
             wait_for(lambda: a.counters()["peers"][0]["drop_reasons"].get("bad_inner", 0) == 1, 5,
                      what="bad_inner drop")
+            for server_ns, client_ns, dst in ((ns_c, ns_a, C_INNER), (ns_b, ns_a, B_INNER),
+                                              (ns_a, ns_c, A_INNER)):
+                assert tcp_transfer(lab, server_ns, client_ns, dst, 3) == (3 << 20, expected_digest(3))
+            assert a.tun is not None and a.tun.tso
             # No route for an unknown inner destination: counted, not sent.
             lab.run(ns_a, ["ip", "-6", "route", "add", "fd00:5::99/128", "dev", "btmm0"])
             assert ping(lab, ns_a, "fd00:5::99", count=1) == 0

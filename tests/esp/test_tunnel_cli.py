@@ -10,7 +10,6 @@ changes the outer port mid-flow and the TCP transfer continues; SIGTERM tears do
 
 from __future__ import annotations
 
-import hashlib
 import ipaddress
 import json
 import os
@@ -28,6 +27,7 @@ import pytest
 
 from esp_udp.sa import SAParams, Suite
 from tests.conftest import script
+from tests.esp.nslib import TCP_CLIENT, TCP_SERVER, expected_digest
 from tools.netns import Lab, require_binary, wait_for
 
 pytestmark = pytest.mark.netns
@@ -42,32 +42,6 @@ table ip nat {
   }
 }
 """
-
-TCP_SERVER = """
-import hashlib, socket, sys
-s = socket.socket(socket.AF_INET6)
-s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind((sys.argv[1], 5001)); s.listen(1); s.settimeout(60)
-print("ready", flush=True)
-c, _ = s.accept(); c.settimeout(60)
-h = hashlib.sha256(); n = 0
-while True:
-    d = c.recv(65536)
-    if not d: break
-    h.update(d); n += len(d)
-print(n, h.hexdigest(), flush=True)
-"""
-
-TCP_CLIENT = """
-import socket, sys, time
-data = bytes(range(256)) * 4096  # 1 MiB
-chunks, pause = int(sys.argv[2]), float(sys.argv[3])
-c = socket.create_connection((sys.argv[1], 5001), timeout=60)
-for _ in range(chunks):
-    c.sendall(data); time.sleep(pause)
-c.close()
-"""
-
 
 @dataclass
 class Tunnel:
@@ -176,10 +150,6 @@ def tcp_transfer(topo: Topo, chunks: int, pause: float,
     result = server.stdout.readline().decode().split()
     server.wait(timeout=30)
     return int(result[0]), result[1]
-
-
-def expected_digest(chunks: int) -> str:
-    return hashlib.sha256((bytes(range(256)) * 4096) * chunks).hexdigest()
 
 
 def test_tunnel_records(topo: Topo) -> None:
