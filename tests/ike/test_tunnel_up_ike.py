@@ -89,7 +89,7 @@ def test_tunnel_up_listen_and_endpoint_record(
     err_c = open(tmp_path / "c.err", "wb")
     client = lab.popen(
         c,
-        [*base, "--host", "laptop", "--state-dir", str(state_c)],
+        [*base, "--host", "laptop", "--state-dir", str(state_c), "--keylog", str(tmp_path / "esp.keys")],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=err_c,
@@ -110,6 +110,9 @@ def test_tunnel_up_listen_and_endpoint_record(
     assert up_c["suite"] == "aes256gcm16" and up_c["spi_in"] == up_h["spi_out"]
     assert up_c["note"] == "copied"  # unknown input fields flow down the pipe
     assert ping(lab, c, str(imac.ula)) == 3
+    esp_keys, ike_keys = tmp_path / "esp.keys", tmp_path / "esp.keys.ikev2"
+    assert esp_keys.stat().st_mode & 0o777 == 0o600 and ike_keys.stat().st_mode & 0o777 == 0o600
+    assert up_c["spi_in"] in esp_keys.read_text().lower() and "AES-GCM-256" in ike_keys.read_text()
     client.send_signal(signal.SIGTERM)
     assert client.wait(timeout=15) == 0
     down = _wait(from_h, 15, type="tunnel", state="down")
