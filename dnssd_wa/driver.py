@@ -223,6 +223,11 @@ class DnsClient:
                     f"TLS handshake with {self.config.label} failed ({detail}); is it a DNS-over-TLS "
                     "port? (Knot 3.2 has no DoT: use --tcp or --server with the DoT port)")) from None
             raise errors.unreachable(self.config.label, exc.strerror or str(exc)) from None
+        if tls:
+            # Measured against BIND 9.18 with TLS 1.3: a request written while the server's
+            # session tickets are still in flight stalls ~45 ms in 5-10 % of new connections
+            # (delayed ACK vs Nagle); letting the tickets land first (1 ms) removes the stall.
+            await asyncio.sleep(0.001)
         self._reader, self._writer = reader, writer
         self._read_task = asyncio.create_task(self._read_loop(reader))
 

@@ -750,3 +750,53 @@ async def _tunnel(d: DnsEnv, label: str) -> Any:
         ep, problems = await driver.resolve_tunnel_endpoint(c, names.host_name(label, zone(d)))
         assert problems == []
         return ep
+
+
+def test_long_running_register_backs_off_and_stops_cleanly(
+    account_file: Path, btmm_env: dict[str, str], tmp_path: Path
+) -> None:
+    """Not --once: an unreachable server is retried with growing delays until SIGTERM (exit 0)."""
+    from tools.peers.bind import free_port
+
+    argv = [
+        "--json",
+        "--account",
+        str(account_file),
+        "--host",
+        "patient",
+        "--state-dir",
+        str(tmp_path / "st"),
+        "--name",
+        "Patient",
+        "--service",
+        "_ssh._tcp:22",
+        "--timeout",
+        "0.3",
+        "--server",
+        f"127.0.0.1:{free_port()}",
+    ]
+    proc = subprocess.Popen(
+        [script("btmm-register"), *argv],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        text=True,
+        env=btmm_env,
+    )
+    assert proc.stderr is not None
+    try:
+        delays: list[float] = []
+        deadline = time.monotonic() + 20
+        while len(delays) < 3 and time.monotonic() < deadline:
+            line = proc.stderr.readline()
+            if "retrying in" in line:
+                delays.append(float(line.rsplit("retrying in ", 1)[1].split(" s")[0]))
+        assert delays == [0.5, 1.0, 2.0]
+        os.kill(proc.pid, signal.SIGTERM)
+        out, err = proc.communicate(timeout=20)
+        assert proc.returncode == 0, err
+        assert out == "" and "stopped before anything was registered" in err
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
