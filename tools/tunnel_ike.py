@@ -131,6 +131,11 @@ class IkeService:
         """rekey-child [pfs], rekey-ike, delete-child, close — for one session or all."""
         self._post("command", (name, handle, kw))
 
+    def on_datapath_event(self, event: Any) -> None:
+        """esp_udp ``DatapathEvent`` (any thread): an SA near its sequence limit is rekeyed now."""
+        if getattr(event, "kind", "") in ("rekey_needed", "seq_exhausted"):
+            self._post("rekey-inner", str(event.inner))
+
     def stop(self) -> None:
         self._stop.set()
         self._wake()
@@ -210,6 +215,10 @@ class IkeService:
                 self.inner_of[handle] = peer_inner
             elif kind == "command":
                 self._command(now, *item)
+            elif kind == "rekey-inner":
+                for handle, inner in list(self.inner_of.items()):
+                    if inner == item and handle in self.endpoint.sessions():
+                        self._command(now, "rekey-child", handle, {})
             self._flush()
 
     def _command(self, now: float, name: str, handle: int | None, kw: dict[str, Any]) -> None:
@@ -456,6 +465,7 @@ def run_ike_mode(args: argparse.Namespace, datapath: Any, out: Any, stop: thread
         config, datapath, datapath=datapath, ike_port=getattr(args, "ike_port", None), on_event=on_event
     )
     datapath.on_ike = service.on_ike
+    datapath.on_event = service.on_datapath_event
     if not getattr(args, "listen", False):
         for record in read_records(sys.stdin, "btmm-tunnel-up"):
             if record.get("type") != "tunnel-endpoint":
@@ -621,6 +631,7 @@ def _runner_main(argv: list[str] | None = None) -> int:
     service = IkeService(config, transport, datapath=dp, ike_port=args.ike_port, on_event=on_event)
     if dp is not None:
         dp.on_ike = service.on_ike
+        dp.on_event = service.on_datapath_event
     else:
         transport.on_ike = lambda data, addr: service.endpoint.receive_datagram(
             NON_ESP_MARKER + data, addr, time.monotonic(), natt=True
