@@ -588,16 +588,66 @@ def test_wrong_secret_cli_one_line_exit_2(dns_env: DnsEnv, tmp_path: Path) -> No
     assert res.stdout == ""
 
 
-def test_unreachable_server_retries_then_exit_3(dns_env: DnsEnv) -> None:
-    d = dns_env
+def test_unreachable_server_retries_then_exit_3(
+    account_file: Path, btmm_env: dict[str, str], tmp_path: Path
+) -> None:
     from tools.peers.bind import free_port
 
-    argv = register_argv(d, "lonely", "Lonely", "--service", "_ssh._tcp:22", "--once", "--timeout", "0.5")
-    argv[argv.index("--server") + 1] = f"127.0.0.1:{free_port()}"
-    res = run_cli(d, argv)
+    argv = [
+        "btmm-register",
+        "--json",
+        "--account",
+        str(account_file),
+        "--host",
+        "lonely",
+        "--state-dir",
+        str(tmp_path / "st"),
+        "--name",
+        "Lonely",
+        "--service",
+        "_ssh._tcp:22",
+        "--once",
+        "--timeout",
+        "0.5",
+        "--server",
+        f"127.0.0.1:{free_port()}",
+    ]
+    res = subprocess.run(
+        [script(argv[0]), *argv[1:]],
+        capture_output=True,
+        text=True,
+        env=btmm_env,
+        timeout=30,
+        stdin=subprocess.DEVNULL,
+    )
     assert res.returncode == 3, res.stderr
     assert "unreachable" in res.stderr and "gave up after 3 attempts" in res.stderr
     assert "Traceback" not in res.stderr
+
+
+def test_truncated_udp_answer_falls_back_to_tcp(dns_env: DnsEnv) -> None:
+    """60 instances of one type: the PTR answer exceeds 1232 bytes, so UDP says TC and TCP follows."""
+    d = dns_env
+    dom = zone(d)
+    msg = dns.update.UpdateMessage(dom)
+    type_name = names.service_type_name("_pdl-datastream._tcp", dom)
+    for i in range(60):
+        inst = names.instance_name(f"Office Printer Number {i:02d}", "_pdl-datastream._tcp", dom)
+        msg.add(type_name, 120, "PTR", inst.to_text())
+        msg.add(inst, 120, "SRV", f"0 0 9100 printers.{dom.to_text()}")
+        msg.add(inst, 120, "TXT", '""')
+    msg.add(names.host_name("printers", dom), 120, "AAAA", "fd00:1:2::100")
+
+    async def fill() -> None:
+        async with client(d, driver.Transport.TCP) as c:
+            await driver.send_update(c, msg, key(d), zone=d.account.domain)
+
+    asyncio.run(fill())
+    res = browse(d, "_pdl-datastream._tcp", extra=("--verbose",))
+    assert res.returncode == 0, res.stderr
+    assert "reply truncated (TC): retrying over TCP" in res.stderr
+    svcs = json_lines(res.stdout)
+    assert len(svcs) == 60 and all(s["addresses"] == ["fd00:1:2::100"] for s in svcs)
 
 
 def test_bind_rrset_limit_servfail_says_which(tmp_path: Path) -> None:
