@@ -169,38 +169,40 @@ class TcpCoalescer:
         return IPV6_HDR + thl
 
     def add(self, packet: memoryview, hdr_len: int) -> bool:
+        """Take ``packet`` (a :meth:`candidate` with header length ``hdr_len``) if it joins."""
         n = len(packet)
         payload = n - hdr_len
+        header = packet[:hdr_len].tobytes()
         if self.count == 0:
             self.view[VNET_HDR_LEN:VNET_HDR_LEN + n] = packet
             self.end = VNET_HDR_LEN + n
             self.count = 1
             self.hdr_len = hdr_len
             self.mss = payload
-            self.next_seq = (_U32.unpack_from(packet, IPV6_HDR + 4)[0] + payload) & 0xFFFFFFFF
-            # Everything that must match: IPv6 header but the length, TCP header but seq,
-            # flags (PSH may end a batch) and checksum.
-            self.key = (bytes(packet[0:4]) + bytes(packet[6:IPV6_HDR + 4])
-                        + bytes(packet[IPV6_HDR + 8:IPV6_HDR + 13])
-                        + bytes(packet[IPV6_HDR + 14:IPV6_HDR + 16]) + bytes(packet[IPV6_HDR + 18:hdr_len]))
+            self.next_seq = (_U32.unpack_from(header, IPV6_HDR + 4)[0] + payload) & 0xFFFFFFFF
+            self.key = header
+            self._short = False
             return True
-        base = VNET_HDR_LEN
-        if (hdr_len != self.hdr_len or payload > self.mss or self.count >= MAX_GRO_SEGMENTS
-                or self.end - base + payload > MAX_GRO_BYTES
-                or self.view[base + IPV6_HDR + 13] & TCP_PSH
-                or _U32.unpack_from(packet, IPV6_HDR + 4)[0] != self.next_seq
-                or self._short):
+        # Everything must match but the IPv6 length, TCP seq, flags and checksum (Linux GRO).
+        key = self.key
+        if (hdr_len != self.hdr_len or payload > self.mss or self._short
+                or self.count >= MAX_GRO_SEGMENTS or self.end + payload > MAX_GRO_BYTES
+                or key[IPV6_HDR + 13] & TCP_PSH
+                or _U32.unpack_from(header, IPV6_HDR + 4)[0] != self.next_seq
+                or header[6:IPV6_HDR + 4] != key[6:IPV6_HDR + 4]
+                or header[IPV6_HDR + 8:IPV6_HDR + 13] != key[IPV6_HDR + 8:IPV6_HDR + 13]
+                or header[IPV6_HDR + 14:IPV6_HDR + 16] != key[IPV6_HDR + 14:IPV6_HDR + 16]
+                or header[IPV6_HDR + 18:] != key[IPV6_HDR + 18:]
+                or header[:4] != key[:4]):
             return False
-        key = (bytes(packet[0:4]) + bytes(packet[6:IPV6_HDR + 4]) + bytes(packet[IPV6_HDR + 8:IPV6_HDR + 13])
-               + bytes(packet[IPV6_HDR + 14:IPV6_HDR + 16]) + bytes(packet[IPV6_HDR + 18:hdr_len]))
-        if key != self.key:
-            return False
-        self.view[self.end:self.end + payload] = packet[hdr_len:]
-        self.end += payload
+        end = self.end
+        self.view[end:end + payload] = packet[hdr_len:]
+        self.end = end + payload
         self.count += 1
         self.next_seq = (self.next_seq + payload) & 0xFFFFFFFF
-        if packet[IPV6_HDR + 13] & TCP_PSH:
-            self.view[base + IPV6_HDR + 13] |= TCP_PSH
+        if header[IPV6_HDR + 13] & TCP_PSH:
+            self.view[VNET_HDR_LEN + IPV6_HDR + 13] |= TCP_PSH
+            self.key = key[:IPV6_HDR + 13] + bytes((key[IPV6_HDR + 13] | TCP_PSH,)) + key[IPV6_HDR + 14:]
         self._short = payload < self.mss
         return True
 
