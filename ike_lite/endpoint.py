@@ -209,6 +209,18 @@ class IkeEndpoint:
         if self._half_open.get(key) is sa:
             del self._half_open[key]
 
+    def initial_contact(self, sa: SaCore, now: float) -> None:
+        """``sa``'s peer sent INITIAL_CONTACT: drop our other IKE SAs with the same identity
+        (the peer restarted and no longer has them), without sending Deletes."""
+        for other in list(self._handles.values()):
+            if other is not sa and other.peer_id == sa.peer_id and other.established_announced:
+                other._fail(
+                    ev.REPLACED,
+                    f"peer {other.describe_peer()} reconnected (INITIAL_CONTACT); "
+                    "its older tunnel is dropped",
+                    now,
+                )
+
     def adopt(self, sa: SaCore) -> None:
         """A rekeyed IKE SA takes over the session handle."""
         self._sas[sa.our_spi] = sa

@@ -24,6 +24,7 @@ DEAD_PEER = "dead_peer"
 DELETED_BY_PEER = "deleted_by_peer"
 CLOSED = "closed"
 REKEYED = "rekeyed"
+REPLACED = "replaced"  # the peer reconnected with INITIAL_CONTACT
 PEER_ERROR = "peer_error"
 PROTOCOL_ERROR = "protocol_error"
 

@@ -136,4 +136,7 @@ class AuthExchange(ChildNegotiation):
             self._add_child(child, None, now, setup=now - self.created)
         elif failure is not None:
             self._emit(ev.ChildSaFailed(self.handle, failure[0], failure[1]))
+        if self._notify_in(payloads, NotifyType.INITIAL_CONTACT):
+            # RFC 7296 §2.4: the peer forgot its older SAs; drop ours after the new one is up
+            self.ep.initial_contact(self, now)
         return None

@@ -116,6 +116,7 @@ class IkeService:
             self.sock500.bind((bind, ike_port))
             self.sock500.setblocking(False)
         self.inner_of: dict[int, str] = {}
+        self.current_spi: dict[str, bytes] = {}  # peer inner → spi_in of the SA the datapath uses
         self.nat_local: dict[int, bool] = {}
         self.first_sent: dict[int, float] = {}
 
@@ -274,10 +275,13 @@ class IkeService:
                     self.datapath.add_peer(params, keepalive=self.nat_local.get(e.handle, False))
                 else:
                     self.datapath.rekey(params, linger=60.0)
+                self.current_spi[e.child.inner] = e.child.spi_in
             elif isinstance(e, ev.ChildSaDown):
-                if e.reason == ev.REKEYED:
+                if e.reason == ev.REKEYED or self.current_spi.get(e.inner) != e.spi_in:
+                    # superseded, or the peer already has a newer tunnel (INITIAL_CONTACT)
                     self.datapath.remove_sa(int.from_bytes(e.spi_in, "big"))
                 else:
+                    self.current_spi.pop(e.inner, None)
                     self.datapath.remove_peer(e.inner)
             elif isinstance(e, ev.PeerAddressChanged) and e.handle in self.inner_of:
                 self.datapath.update_outer(self.inner_of[e.handle], e.peer_addr)

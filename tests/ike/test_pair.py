@@ -291,7 +291,7 @@ def test_identity_mismatch() -> None:
 
 def test_responder_serves_many_initiators() -> None:
     pair = Pair()
-    clients = [Pair(seed=100 + i) for i in range(5)]
+    clients = [Pair(seed=100 + i, a_kw={"local_id": f"c{i}.bob.members.example"}) for i in range(5)]
     for i, c in enumerate(clients):
         addr = (f"198.18.2.{i + 1}", 4500)
         c.a.initiate(("198.18.0.2", 4500), None, B_INNER, pair.now)
@@ -355,3 +355,16 @@ def test_init_with_unknown_critical_payload_is_answered() -> None:
         and msg.notifies()[0].data == b"\x63"
     )
     assert pair.b.sessions() == []
+
+
+def test_initial_contact_replaces_the_older_sa() -> None:
+    """The initiator restarts (new keys, same identity): the responder drops the stale IKE SA."""
+    pair = established()
+    restarted = Pair(seed=42)  # a fresh "a" with the same identity and address
+    pair.a = restarted.a
+    pair.initiate()
+    pair.pump()
+    downs = [e for e in pair.of("b", ev.IkeSaDown) if isinstance(e, ev.IkeSaDown)]
+    assert [(d.handle, d.reason) for d in downs] == [(1, ev.REPLACED)]
+    assert len(pair.b.sessions()) == 1 and pair.b.sessions() != [1]
+    assert len(child_up(pair, "b")) == 2

@@ -62,7 +62,6 @@ class FakeDatapath:
             return [n for n, _ in self.calls]
 
 
-
 @dataclass
 class Side:
     service: IkeService
@@ -117,3 +116,15 @@ def test_service_keys_the_datapath(sides: tuple[Side, Side]) -> None:
     b.service.command("close")
     wait_for(lambda: "remove_peer" in a.dp.names())
     assert any(isinstance(e, ev.IkeSaDown) and e.reason == ev.DELETED_BY_PEER for e in a.events)
+
+
+def test_reconnect_keeps_the_new_tunnel(sides: tuple[Side, Side]) -> None:
+    """a reconnects (INITIAL_CONTACT); b's datapath must drop only the stale SA, not the peer."""
+    a, b = sides
+    a.service.initiate(B, "b.example", B_INNER)
+    wait_for(lambda: b.dp.names().count("add_peer") == 1)
+    a.service.initiate(B, "b.example", B_INNER)  # a second session, as after a restart of a
+    wait_for(lambda: b.dp.names().count("add_peer") == 2 and "remove_sa" in b.dp.names())
+    assert "remove_peer" not in b.dp.names()
+    stale = b.dp.calls[0][1].spi_in
+    assert b.dp.calls[b.dp.names().index("remove_sa")][1] == stale
