@@ -301,6 +301,12 @@ async def main_async(args: argparse.Namespace, out: Output) -> int:
             if not reg.registered:
                 out.log("stopped before anything was registered")
                 return out.exit_code()
+        except Fatal:
+            if reg.registered:  # a refresh or re-registration failed: take our records away
+                reg.stop = None
+                with contextlib.suppress(Fatal):
+                    await reg.remove()
+            raise
         reg.stop = None
         await reg.remove()
         return out.exit_code()
