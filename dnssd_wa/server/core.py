@@ -200,8 +200,9 @@ class ServerCore:
             out = response.to_wire(max_size=max_size, prefer_truncation=True)
         except dns.exception.TooBig:
             out = self._plain_error(msg, dns.rcode.SERVFAIL).to_wire()
-        if (transport == "udp" and not msg.had_tsig and msg.opcode() == dns.opcode.QUERY
-                and len(self.udp_cache) < UDP_CACHE_MAX):
+        if transport == "udp" and not msg.had_tsig and msg.opcode() == dns.opcode.QUERY:
+            if len(self.udp_cache) >= UDP_CACHE_MAX:
+                self.udp_cache = {}  # full (many distinct questions): start over
             self.udp_cache[wire[2:]] = out[2:]
         return out
 

@@ -34,6 +34,7 @@ from dnssd_wa import dso, push
 from dnssd_wa.server.core import ServerCore
 
 IDLE_TIMEOUT = 30.0
+MAX_BACKLOG = 4096
 KEEPALIVE = dso.Keepalive(inactivity_timeout_ms=60_000, keepalive_interval_ms=3_600_000)
 
 
@@ -55,6 +56,7 @@ class UdpListener:
         self.core = core
         self.loop = loop
         self.stopping = False
+        self.backlog = 0  # datagrams handed to the event loop, not yet answered (approximate)
         self.thread = threading.Thread(target=self._run, name=f"udp {self.address}", daemon=True)
 
     def start(self) -> None:
@@ -79,12 +81,16 @@ class UdpListener:
                 except OSError:
                     pass
                 continue
+            if self.backlog >= MAX_BACKLOG:
+                continue  # the event loop is behind: drop, the client retries
+            self.backlog += 1
             try:
                 loop.call_soon_threadsafe(self._slow, data, addr)
             except RuntimeError:
                 return
 
     def _slow(self, data: bytes, addr: Any) -> None:
+        self.backlog -= 1
         out = self.core.handle(data, "udp", time.time(), f"{addr[0]}#{addr[1]}")
         if out is not None:
             with contextlib.suppress(OSError):

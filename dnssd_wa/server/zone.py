@@ -82,15 +82,19 @@ class Zone:
     origin: dns.name.Name
     serial: int
     nodes: dict[dns.name.Name, Node] = field(default_factory=dict)
-    ent: dict[dns.name.Name, int] = field(default_factory=dict)
+    ent: dict[tuple[bytes, ...], int] = field(default_factory=dict)
     server_names: set[dns.name.Name] = field(default_factory=set)
     records: int = 0
     _labels: dict[bytes, bytes] = field(default_factory=dict)
 
+    _soa_cache: tuple[dns.name.Name, dns.name.Name] | None = None
+
     @property
     def _soa_names(self) -> tuple[dns.name.Name, dns.name.Name]:
-        return (dns.name.Name((NS_LABEL.encode(), *self.origin.labels)),
-                dns.name.Name((b"hostmaster", *self.origin.labels)))
+        if self._soa_cache is None:
+            self._soa_cache = (dns.name.Name((NS_LABEL.encode(), *self.origin.labels)),
+                               dns.name.Name((b"hostmaster", *self.origin.labels)))
+        return self._soa_cache
 
     # -- structure ---------------------------------------------------------------------
     def node(self, name: dns.name.Name) -> Node | None:
@@ -133,19 +137,25 @@ class Zone:
         return True
 
     def _ent_adjust(self, name: dns.name.Name, delta: int) -> None:
-        parent = name
-        while parent != self.origin and len(parent) > len(self.origin):
-            parent = parent.parent()
-            if parent == self.origin:
-                break
-            count = self.ent.get(parent, 0) + delta
+        """Count ``name`` in each ancestor strictly between it and the apex (RFC 8020 ENTs).
+
+        Keys are lower-cased label tuples: slicing a tuple is much cheaper than making
+        ``dns.name.Name`` parents.
+        """
+        depth = len(name) - len(self.origin)
+        labels = tuple(label.lower() for label in name.labels)
+        for i in range(1, depth):
+            key = labels[i:]
+            count = self.ent.get(key, 0) + delta
             if count <= 0:
-                self.ent.pop(parent, None)
+                self.ent.pop(key, None)
             else:
-                self.ent[parent] = count
+                self.ent[key] = count
 
     def exists(self, name: dns.name.Name) -> bool:
-        return name in self.nodes or name in self.ent or name == self.origin
+        if name in self.nodes or name == self.origin:
+            return True
+        return tuple(label.lower() for label in name.labels) in self.ent
 
     def rrset(self, name: dns.name.Name, rdtype: int) -> dict[bytes, Rec]:
         """The live records of one RRset by canonical rdata (do not mutate; empty if none)."""
