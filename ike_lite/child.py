@@ -46,7 +46,6 @@ class ChildNegotiation(SaCore):
         payloads: tuple[Payload, ...],
         nonce_i: bytes,
         nonce_r: bytes,
-        ke_local: KeyExchange | None,
         now: float,
         ignore_dh: bool,
         peer_ke: KE | None = None,

@@ -461,8 +461,7 @@ class SaCore:
         self.pending = None
         try:
             if pending.task == Task.AUTH:
-                self.pending = pending
-                self._on_auth_response(msg, payloads, now)
+                self._on_auth_response(pending, payloads, now)
             elif pending.task == Task.CHILD_REKEY:
                 self._on_child_rekey_response(pending, payloads, now)
             elif pending.task == Task.IKE_REKEY:
@@ -658,7 +657,7 @@ class SaCore:
     def _on_init_response(self, msg: Message, now: float) -> None:
         raise NotImplementedError
 
-    def _on_auth_response(self, msg: Message, payloads: tuple[Payload, ...], now: float) -> None:
+    def _on_auth_response(self, pending: Pending, payloads: tuple[Payload, ...], now: float) -> None:
         raise NotImplementedError
 
     def _on_auth_request(self, msg: Message, payloads: tuple[Payload, ...], now: float) -> None:

@@ -10,7 +10,7 @@ from ike_lite.const import (
     IdType,
     NotifyType,
 )
-from ike_lite.core import State, Task
+from ike_lite.core import Pending, State, Task
 from ike_lite.errors import ProtocolError
 from ike_lite.keys import (
     psk_auth,
@@ -55,11 +55,10 @@ class AuthExchange(ChildNegotiation):
         self.state = State.AUTH_SENT
         self._send_request(Task.AUTH, ExchangeType.IKE_AUTH, payloads, now, {"spi_in": spi_in})
 
-    def _on_auth_response(self, msg: Message, payloads: tuple[Payload, ...], now: float) -> None:
-        assert self.keys is not None and self.pending is not None
-        spi_in = self.pending.ctx["spi_in"]
+    def _on_auth_response(self, pending: Pending, payloads: tuple[Payload, ...], now: float) -> None:
+        assert self.keys is not None
+        spi_in = pending.ctx["spi_in"]
         assert isinstance(spi_in, bytes)
-        self.pending = None
         if self._notify_in(payloads, NotifyType.AUTHENTICATION_FAILED):
             return self._fail(
                 ev.AUTHENTICATION_FAILED,
@@ -127,7 +126,7 @@ class AuthExchange(ChildNegotiation):
         auth = psk_auth(self.cfg.psk, self.msg2, self.nonce_i, self.keys.sk_pr, idr.body())
         reply: list[Payload] = [idr, Auth(AuthMethod.PSK, auth)]
         child_payloads, child, failure = self._respond_child(
-            payloads, self.nonce_i, self.nonce_r, None, now, ignore_dh=True
+            payloads, self.nonce_i, self.nonce_r, now, ignore_dh=True
         )
         reply += child_payloads
         self._send_response(ExchangeType.IKE_AUTH, msg.header.message_id, reply, now)

@@ -219,7 +219,7 @@ class CreateChildExchange(ChildNegotiation):
             )
         self.peer_inner = old.peer_inner
         reply, child, failure = self._respond_child(
-            payloads, nonce_p.data, nonce_r, None, now, ignore_dh=False, peer_ke=ke_p
+            payloads, nonce_p.data, nonce_r, now, ignore_dh=False, peer_ke=ke_p
         )
         self._send_response(ExchangeType.CREATE_CHILD_SA, mid, reply, now)
         if child is not None:
