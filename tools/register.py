@@ -20,10 +20,12 @@ import socket
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import dns.update
 from rich.markup import escape
 from rich.table import Table
 
@@ -180,7 +182,7 @@ class Registrar:
         except DnssdError as exc:
             raise Fatal(exc.message) from None
 
-    async def _send(self, msg_factory: Any, rrsets: tuple[records.RRSet, ...],
+    async def _send(self, msg_factory: Callable[[], dns.update.UpdateMessage], rrsets: tuple[records.RRSet, ...],
                     attempts: int | None) -> tuple[update.Reply, float]:
         delay = 0.5
         tries = 0
