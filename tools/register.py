@@ -182,8 +182,8 @@ class Registrar:
         except DnssdError as exc:
             raise Fatal(exc.message) from None
 
-    async def _send(self, msg_factory: Callable[[], dns.update.UpdateMessage], rrsets: tuple[records.RRSet, ...],
-                    attempts: int | None) -> tuple[update.Reply, float]:
+    async def _send(self, msg_factory: Callable[[], dns.update.UpdateMessage],
+                    rrsets: tuple[records.RRSet, ...], attempts: int | None) -> tuple[update.Reply, float]:
         delay = 0.5
         tries = 0
         while True:
