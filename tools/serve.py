@@ -200,6 +200,8 @@ async def _serve(args: argparse.Namespace, out: Output) -> int:
     if args.lease_min < 1 or args.lease_max < args.lease_min:
         raise Fatal("--lease-min must be ≥ 1 and ≤ --lease-max")
     ssl_ctx, cert_file = None, None
+    if args.self_signed and (args.cert or args.key):
+        raise Fatal("--self-signed and --cert/--key exclude each other; give one of them")
     if tls_listen:
         if args.self_signed:
             cert_dir = Path(args.cert_dir) if args.cert_dir else _state_home() / "tls"

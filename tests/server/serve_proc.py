@@ -37,9 +37,9 @@ class ServeProc:
         self.stderr_path = workdir / f"serve-{time.monotonic_ns()}.log"
 
     def start(self, timeout: float = 20.0) -> ServeProc:
+        tls = [] if "--cert" in self.extra else ["--self-signed", "--cert-dir", str(self.workdir / "certs")]
         argv = [script("btmm-serve"), "--account", str(self.account), "--db", str(self.db),
-                "--listen", "127.0.0.1:0", "--tls-listen", "127.0.0.1:0", "--self-signed",
-                "--cert-dir", str(self.workdir / "certs"), "--json", *self.extra]
+                "--listen", "127.0.0.1:0", "--tls-listen", "127.0.0.1:0", *tls, "--json", *self.extra]
         self._err = open(self.stderr_path, "wb")
         self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=self._err, env=self.env)
         assert self.proc.stdout is not None

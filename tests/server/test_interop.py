@@ -335,3 +335,28 @@ def test_dnsperf_runs(server: ServeProc, tmp_path: Path) -> None:
 def test_zone_is_the_configured_one(server: ServeProc) -> None:
     assert server.ready["zones"] == [ZONE, ALICE]
     assert server.ready["fingerprint"].startswith("sha256:") and Path(server.ready["cert_file"]).exists()
+
+
+def test_update_over_dot_and_tcp_pipelining(server: ServeProc, account: Path) -> None:
+    import socket
+    import ssl
+
+    import dns.query
+
+    up = signed_update(account_key(account))
+    up.add(f"dot-host.{BOB}", 60, "AAAA", "fd00::d07")
+    ctx = ssl.create_default_context(cafile=server.ready["cert_file"])
+    ctx.check_hostname = False
+    reply = dns.query.tls(up, "127.0.0.1", port=server.tls_port, ssl_context=ctx, timeout=5)
+    assert rcode(reply) == "NOERROR" and reply.had_tsig
+    queries = [dns.message.make_query(name, "AAAA") for name in
+               (f"dot-host.{BOB}", f"nothing.{BOB}", f"imac.{BOB}")]
+    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
+        sock.sendall(b"".join(struct.pack("!H", len(w)) + w for w in (q.to_wire() for q in queries)))
+        reader = sock.makefile("rb")
+        replies = []
+        for _ in queries:
+            size = struct.unpack("!H", reader.read(2))[0]
+            replies.append(dns.message.from_wire(reader.read(size)))
+    assert [r.id for r in replies] == [q.id for q in queries]
+    assert names(replies[0]) == ["fd00::d07"] and rcode(replies[1]) == "NXDOMAIN"

@@ -65,3 +65,15 @@ def test_human_banner_names_keys_not_secrets(tmp_path: Path, account: Path) -> N
     import base64
 
     assert base64.b64encode(secret).decode() not in banner
+
+
+def test_cert_and_key_files(tmp_path: Path, account: Path) -> None:
+    from dnssd_wa.server.tlsutil import fingerprint, self_signed
+
+    cert, key = self_signed(tmp_path / "pair", ["bob.members.example."], ["127.0.0.1"])
+    with ServeProc(tmp_path, account, "--cert", str(cert), "--key", str(key)) as server:
+        assert server.ready["fingerprint"] == fingerprint(cert)
+        assert server.ready["cert_file"] == str(cert)
+        done = subprocess.run(["kdig", "+tls", "-p", str(server.tls_port), "@127.0.0.1", BOB, "SOA",
+                               "+short"], capture_output=True, text=True, timeout=20)
+        assert "hostmaster.bob.members.example." in done.stdout, done.stdout + done.stderr
