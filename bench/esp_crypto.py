@@ -40,6 +40,9 @@ def bench_suite(suite: Suite) -> dict[str, float]:
     nonce = os.urandom(12)
     aad = os.urandom(8)
     bare = per_op(lambda: aead.encrypt(nonce, payload, aad))
+    sealed = aead.encrypt(nonce, payload, aad)
+    bare_pair = per_op(lambda: aead.decrypt(nonce, aead.encrypt(nonce, payload, aad), aad))
+    del sealed
 
     window = 1 << 20
     out_sa = OutboundSA(0x1000, suite, keymat)
@@ -64,7 +67,8 @@ def bench_suite(suite: Suite) -> dict[str, float]:
     into = per_op(seal_open_into)
     seal_only = per_op(lambda: OutboundSA.seal_into(out2, obuf, pbuf, SIZE))
     del window
-    return {"bare": bare, "seal_open": plain, "seal_open_into": into, "seal_into": seal_only}
+    return {"bare": bare, "bare_pair": bare_pair, "seal_open": plain, "seal_open_into": into,
+            "seal_into": seal_only}
 
 
 def main() -> None:
@@ -73,8 +77,10 @@ def main() -> None:
         r = bench_suite(suite)
         print(f"{suite.value:18} bare encrypt {r['bare']:6.2f}  seal+open {r['seal_open']:6.2f} "
               f"({r['seal_open'] / r['bare']:.2f}×)  seal_into+open_into {r['seal_open_into']:6.2f} "
-              f"({r['seal_open_into'] / r['bare']:.2f}×)  seal_into {r['seal_into']:5.2f}")
-    print("target: seal+open ≤ 3× bare AEAD encrypt")
+              f"({r['seal_open_into'] / r['bare']:.2f}×)  seal_into {r['seal_into']:5.2f} "
+              f"({r['seal_into'] / r['bare']:.2f}×)  bare encrypt+decrypt {r['bare_pair']:5.2f} "
+              f"(seal_into+open_into {r['seal_open_into'] / r['bare_pair']:.2f}× that)")
+    print("target: seal+open ≤ 3× one bare AEAD encrypt (a seal+open is two AEAD calls: 2× is the floor)")
     _ = statistics
 
 

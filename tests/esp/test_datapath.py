@@ -158,6 +158,18 @@ def test_ike_callback_errors_do_not_stop_the_datapath(topo: tuple[Lab, str, str]
         wait_for(lambda: b.ike_in == 1, 5, what="IKE at B")
         assert ping(lab, ns_a, B_INNER) == 3
         assert b.counters()["peers"][0]["packets_in"] == 3
+        # A bug inside the worker loop is counted and reported; the tunnel keeps working.
+        real = b._drain_sock
+
+        def buggy() -> None:
+            b._drain_sock = real  # type: ignore[method-assign]
+            raise ZeroDivisionError("bug")
+
+        b._drain_sock = buggy  # type: ignore[method-assign]
+        a.send_ike(b"again", B_OUTER)
+        wait_for(lambda: b.worker_errors == 1, 5, what="worker error")
+        assert b.counters()["last_worker_error"] == "ZeroDivisionError: bug"
+        assert ping(lab, ns_a, B_INNER) == 3
     finally:
         a.close()
         b.close()
