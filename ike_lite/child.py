@@ -30,6 +30,8 @@ from ike_lite.wire import (
     TrafficSelectors,
 )
 
+OUTBOUND_GRACE = 5.0  # s a rekey responder waits for the Delete before sending on the new SA
+
 
 class ChildNegotiation(SaCore):
     """Both sides of negotiating one CHILD SA pair (used by IKE_AUTH and CREATE_CHILD_SA)."""
@@ -202,10 +204,17 @@ class ChildNegotiation(SaCore):
         )
 
     def _add_child(
-        self, child: Child, rekey_of: Child | None, now: float, setup: float | None = None
+        self,
+        child: Child,
+        rekey_of: Child | None,
+        now: float,
+        setup: float | None = None,
+        outbound: bool = True,
     ) -> None:
         if self.cfg.child_rekey_time is not None:
             child.rekey_at = now + self._jitter(self.cfg.child_rekey_time)
+        if not outbound:
+            child.outbound_at = now + OUTBOUND_GRACE
         self.children.append(child)
         self._emit(
             ev.ChildSaUp(
@@ -213,10 +222,15 @@ class ChildNegotiation(SaCore):
                 child.data(self.cfg.local_inner, self.peer_addr),
                 rekey_of.spi_in if rekey_of else None,
                 setup,
+                outbound,
             )
         )
 
     def _remove_child(self, child: Child, reason: str) -> None:
+        if child.superseded:  # its successor may still wait to carry our traffic
+            for newer in self.children:
+                if newer.outbound_at is not None and newer.peer_inner == child.peer_inner:
+                    self._activate_outbound(newer)
         if child in self.children:
             self.children.remove(child)
             self._emit(ev.ChildSaDown(self.handle, child.spi_in, child.spi_out, child.peer_inner, reason))

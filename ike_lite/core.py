@@ -84,6 +84,7 @@ class Child:
     created: float
     rekey_at: float | None = None
     superseded: bool = False  # a rekey replaced it; waiting for its Delete
+    outbound_at: float | None = None  # rekey responder: switch sending to it at the latest then
 
     def data(self, local_inner: str, outer: Addr) -> ev.ChildSa:
         return ev.ChildSa(
@@ -362,6 +363,12 @@ class SaCore:
                 )
             )
 
+    def _activate_outbound(self, child: Child) -> None:
+        """A rekey responder's new CHILD SA starts carrying our traffic (RFC 7296 §2.8)."""
+        if child.outbound_at is not None:
+            child.outbound_at = None
+            self._emit(ev.ChildSaOutbound(self.handle, child.data(self.cfg.local_inner, self.peer_addr)))
+
     def _jitter(self, seconds: float) -> float:
         return seconds * (0.9 + 0.1 * self._random(1)[0] / 255)
 
@@ -491,6 +498,7 @@ class SaCore:
             if self.retry_at is not None:
                 times.append(self.retry_at)
             times += [c.rekey_at for c in self.children if c.rekey_at is not None and not c.superseded]
+        times += [c.outbound_at for c in self.children if c.outbound_at is not None]
         if self.state == State.ESTABLISHED and self.nat_local and self.cfg.keepalive_interval is not None:
             times.append(self.last_sent + self.cfg.keepalive_interval)
         return min(times) if times else None
@@ -514,6 +522,9 @@ class SaCore:
             p.tries += 1
             p.retransmit_at = now + self.cfg.retransmit_timeout * self.cfg.retransmit_base ** (p.tries - 1)
             self._transmit(p.packet, p.natt, now)
+        for child in self.children:
+            if child.outbound_at is not None and now >= child.outbound_at:
+                self._activate_outbound(child)
         if self.state == State.ESTABLISHED and self.pending is None and not self.queue:
             if self.retry_at is not None and now >= self.retry_at:
                 self.retry_at = None

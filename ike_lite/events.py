@@ -78,9 +78,22 @@ class IkeSaUp(Event):
 
 @dataclass(frozen=True)
 class ChildSaUp(Event):
+    """Install ``child``. With ``outbound=False`` (we answered a peer's rekey) install only its
+    inbound half; :class:`ChildSaOutbound` follows once the peer has it too (its Delete of the
+    old SA arrives, or after a short grace time) — strongSwan's order, so no packet is sent on
+    an SA the peer has not installed yet."""
+
     child: ChildSa
     rekey_of: bytes | None  # spi_in of the CHILD SA this one replaces
     setup_s: float | None  # first request sent → SA ready (initiator of the IKE SA only)
+    outbound: bool = True
+
+
+@dataclass(frozen=True)
+class ChildSaOutbound(Event):
+    """Switch sending to ``child`` (announced earlier with ``outbound=False``)."""
+
+    child: ChildSa
 
 
 @dataclass(frozen=True)

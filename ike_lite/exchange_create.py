@@ -224,7 +224,7 @@ class CreateChildExchange(ChildNegotiation):
         self._send_response(ExchangeType.CREATE_CHILD_SA, mid, reply, now)
         if child is not None:
             old.superseded = True
-            self._add_child(child, old, now)
+            self._add_child(child, old, now, outbound=False)
         elif failure is not None:
             self._emit(ev.ChildSaFailed(self.handle, *failure))
         return None

@@ -273,9 +273,18 @@ class IkeService:
                 self.inner_of[e.handle] = e.child.inner
                 if e.rekey_of is None:
                     self.datapath.add_peer(params, keepalive=self.nat_local.get(e.handle, False))
-                else:
+                elif e.outbound:
                     self.datapath.rekey(params, linger=60.0)
+                else:  # we answered the peer's rekey: receive on it now, send once the peer has it
+                    self.datapath.install_inbound(
+                        str(params.inner), params.spi_in, params.suite, params.key_in
+                    )
                 self.current_spi[e.child.inner] = e.child.spi_in
+            elif isinstance(e, ev.ChildSaOutbound):
+                params = SAParams.from_json(e.child.as_dict())
+                self.datapath.replace_outbound(
+                    str(params.inner), params.spi_out, params.suite, params.key_out
+                )
             elif isinstance(e, ev.ChildSaDown):
                 if e.reason == ev.REKEYED or self.current_spi.get(e.inner) != e.spi_in:
                     # superseded, or the peer already has a newer tunnel (INITIAL_CONTACT)
@@ -315,6 +324,8 @@ def event_record(e: ev.Event) -> dict[str, Any] | None:
             rekey_of=e.rekey_of.hex() if e.rekey_of else None,
             setup_ms=round(e.setup_s * 1000, 3) if e.setup_s is not None else None,
         )
+    elif isinstance(e, ev.ChildSaOutbound):
+        base.update(inner=e.child.inner, spi_out=e.child.spi_out.hex())
     elif isinstance(e, ev.ChildSaDown):
         base.update(inner=e.inner, spi_in=e.spi_in.hex(), spi_out=e.spi_out.hex(), reason=e.reason)
     elif isinstance(e, ev.IkeSaDown | ev.ChildSaFailed):

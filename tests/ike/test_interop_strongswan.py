@@ -321,7 +321,7 @@ table ip btmmnat {
             tmp,
             [
                 # MOBIKE on, as strongSwan defaults; we do not announce MOBIKE_SUPPORTED, so it stays unused
-            swan_conn("resp", "%any", esp_proposals=ESP_PFS, dpd_delay=2, mobike=True),
+                swan_conn("resp", "%any", esp_proposals=ESP_PFS, dpd_delay=2, mobike=True),
                 # BTMM: strongSwan reaches us at the NAT's forwarded port, NAT-T framing from the start
                 swan_conn(
                     "toH",

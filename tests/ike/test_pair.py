@@ -150,9 +150,16 @@ def test_child_rekey_either_side(side: str, pfs: bool) -> None:
         downs = pair.of(s, ev.ChildSaDown)
         assert len(downs) == 1 and isinstance(downs[0], ev.ChildSaDown)
         assert downs[0].reason == ev.REKEYED and downs[0].spi_in == ups[0].child.spi_in
-        # make-before-break: the new SA was announced before the old one went away
+        # make-before-break: the new SA was announced before the old one went away; the rekey
+        # responder sends on it only once the initiator's Delete shows the peer has it
         idx_up = pair.events[s].index(ups[1])
         assert pair.events[s].index(downs[0]) > idx_up
+        outbound = pair.of(s, ev.ChildSaOutbound)
+        if s == side:
+            assert ups[1].outbound and not outbound
+        else:
+            assert not ups[1].outbound and len(outbound) == 1
+            assert idx_up < pair.events[s].index(outbound[0]) < pair.events[s].index(downs[0])
     assert_keys_match(pair)
     assert child_up(pair, "a")[1].child.key_in != child_up(pair, "a")[0].child.key_in
     if pfs:
@@ -368,3 +375,13 @@ def test_initial_contact_replaces_the_older_sa() -> None:
     assert [(d.handle, d.reason) for d in downs] == [(1, ev.REPLACED)]
     assert len(pair.b.sessions()) == 1 and pair.b.sessions() != [1]
     assert len(child_up(pair, "b")) == 2
+
+
+def test_rekey_responder_switches_outbound_after_grace_without_delete() -> None:
+    pair = established()
+    pair.drop = lambda side, d: side == "a" and parse_message(d.data[4:]).header.exchange == 37
+    pair.a.rekey_child(1, pair.now)
+    pair.pump()
+    assert not pair.of("b", ev.ChildSaOutbound)
+    pair.advance(6)  # a's Delete is lost; b switches anyway after the grace time
+    assert len(pair.of("b", ev.ChildSaOutbound)) == 1

@@ -48,6 +48,12 @@ class FakeDatapath:
     def rekey(self, params: Any, linger: float | None = None) -> None:
         self._record("rekey", params)
 
+    def install_inbound(self, inner: str, spi: int, suite: Any, keymat: bytes) -> None:
+        self._record("install_inbound", spi)
+
+    def replace_outbound(self, inner: str, spi: int, suite: Any, keymat: bytes) -> None:
+        self._record("replace_outbound", spi)
+
     def remove_sa(self, spi: int, after: float = 0.0) -> None:
         self._record("remove_sa", spi)
 
@@ -112,6 +118,10 @@ def test_service_keys_the_datapath(sides: tuple[Side, Side]) -> None:
     assert a.dp.calls[names.index("remove_sa")][1] == first_in
     new = a.dp.calls[names.index("rekey")][1]
     assert new.spi_in != first_in
+    # b answered the rekey: inbound first, outbound once a's Delete of the old SA arrived
+    b_names = b.dp.names()
+    assert b_names.index("install_inbound") < b_names.index("replace_outbound") < b_names.index("remove_sa")
+    assert b.dp.calls[b_names.index("replace_outbound")][1] == new.spi_in
     # b closes: a removes the peer
     b.service.command("close")
     wait_for(lambda: "remove_peer" in a.dp.names())

@@ -40,8 +40,12 @@ from .pair import Pair
 
 SAMPLES: list[Payload] = [
     SA((ike_proposal(["aes256gcm16", "chacha20poly1305"], [DhGroup.CURVE25519, DhGroup.MODP_2048]),)),
-    SA((esp_proposal(["aes256gcm16"], b"\x01\x02\x03\x04", DhGroup.ECP_256),
-        esp_proposal(["chacha20poly1305"], b"\x05\x06\x07\x08"))),
+    SA(
+        (
+            esp_proposal(["aes256gcm16"], b"\x01\x02\x03\x04", DhGroup.ECP_256),
+            esp_proposal(["chacha20poly1305"], b"\x05\x06\x07\x08"),
+        )
+    ),
     KE(DhGroup.CURVE25519, bytes(range(32))),
     Nonce(bytes(range(32))),
     Identification(True, IdType.FQDN, b"imac.bob.members.example"),
@@ -92,8 +96,10 @@ def test_truncation_sweep_fails_cleanly() -> None:
 
 
 def test_truncated_payload_inside_consistent_header() -> None:
-    raw = encode_message(Header(b"I" * 8, bytes(8), 0, ExchangeType.IKE_SA_INIT, Flag.INITIATOR, 0),
-                         [Nonce(bytes(32)), KE(DhGroup.CURVE25519, bytes(32))])
+    raw = encode_message(
+        Header(b"I" * 8, bytes(8), 0, ExchangeType.IKE_SA_INIT, Flag.INITIATOR, 0),
+        [Nonce(bytes(32)), KE(DhGroup.CURVE25519, bytes(32))],
+    )
     for cut in range(28, len(raw)):
         fixed = raw[:24] + cut.to_bytes(4, "big") + raw[28:cut]
         with pytest.raises(DecodeError):
