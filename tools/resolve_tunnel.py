@@ -22,6 +22,7 @@ import time
 from collections.abc import Iterator
 
 import dns.name
+from rich.markup import escape
 from rich.table import Table
 
 from dnssd_wa import driver, errors, names
@@ -163,7 +164,7 @@ async def main_async(args: argparse.Namespace, out: Output) -> int:
         raise Fatal(exc.message) from None
     mine = own_ula(account, args.state_dir)
     client = driver.DnsClient(_server_config(args, account.server),
-                              explain=out.explain if out.verbose else None)
+                              explain=(lambda m: out.explain(escape(m))) if out.verbose else None)
     seen: set[dns.name.Name] = set()
 
     async def handle(text: str, source: Record | None) -> None:
@@ -177,7 +178,7 @@ async def main_async(args: argparse.Namespace, out: Output) -> int:
             seen.discard(name)
             return
         if name in seen:
-            out.explain(f"{names.name_text(name)} already resolved; skipping the duplicate")
+            out.explain(escape(f"{names.name_text(name)} already resolved; skipping the duplicate"))
             return
         seen.add(name)
         out.emit(await resolve_one(client, name, source, mine))
