@@ -4,7 +4,8 @@ and DNS Push latency (UPDATE sent → PUSH received by a subscriber).
 Run: ``.venv/bin/python bench/serve_bench.py [--seconds 10] [--registrations 300]``.
 
 * qps: ``dnsperf`` against each server, same query mix (SOA, NS, PTR, SRV, TXT, AAAA, an
-  NXDOMAIN), ``-c 4 -q 200`` for ``--seconds``; the servers run one after the other.
+  NXDOMAIN), ``-c 4 -q 200`` (``--dnsperf-args``) for ``--seconds``; the servers run one
+  after the other.
 * registration: one atomic UPDATE with a host's 10 records (DESIGN.md §4), TSIG-signed,
   sequentially on one TCP connection; median and p90 of the round trip. btmm-serve runs
   with its default ``--sync full`` (fsync per commit).
@@ -57,6 +58,9 @@ def _exchange(sock: socket.socket, wire: bytes) -> bytes:
     return sock.recv(struct.unpack("!H", header)[0], socket.MSG_WAITALL)
 
 
+DNSPERF_ARGS = ["-c", "4", "-q", "200"]
+
+
 def dnsperf(port: int, seconds: int, workdir: Path) -> float:
     queries = workdir / "queries.txt"
     queries.write_text("\n".join([
@@ -65,7 +69,7 @@ def dnsperf(port: int, seconds: int, workdir: Path) -> float:
         f"Bob\\226\\128\\153s\\032Mac\\03260003._ssh._tcp.{ZONE} TXT",
         f"nothing-here.{ZONE} A", f"_kerberos.h60004.{ZONE} TXT"]) + "\n")
     done = subprocess.run(["dnsperf", "-s", "127.0.0.1", "-p", str(port), "-d", str(queries),
-                           "-l", str(seconds), "-c", "4", "-q", "200"],
+                           "-l", str(seconds), *DNSPERF_ARGS],
                           capture_output=True, text=True, timeout=seconds + 60)
     match = re.search(r"Queries per second:\s+([\d.]+)", done.stdout)
     lost = re.search(r"Queries lost:\s+(\d+)", done.stdout)
@@ -119,7 +123,10 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--registrations", type=int, default=300)
     parser.add_argument("--pushes", type=int, default=100)
+    parser.add_argument("--dnsperf-args", default=" ".join(DNSPERF_ARGS),
+                        help="dnsperf load options (default: %(default)s)")
     args = parser.parse_args()
+    DNSPERF_ARGS[:] = args.dnsperf_args.split()
     work = Path(tempfile.mkdtemp(prefix="btmm-serve-bench-"))
     account = make_account(work)
     key = account_key(account)
