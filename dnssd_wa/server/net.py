@@ -264,7 +264,8 @@ class Server:
         try:
             while True:
                 timeout = None if session is not None and session.subs else IDLE_TIMEOUT
-                header = await asyncio.wait_for(reader.readexactly(2), timeout)
+                async with asyncio.timeout(timeout):
+                    header = await reader.readexactly(2)
                 data = await reader.readexactly(int.from_bytes(header, "big"))
                 if dso.is_dso(data):
                     if session is None:
