@@ -35,6 +35,7 @@ from dnssd_wa.server.core import ServerCore
 
 IDLE_TIMEOUT = 30.0
 MAX_BACKLOG = 4096
+MAX_WRITE_BUFFER = 4 << 20
 KEEPALIVE = dso.Keepalive(inactivity_timeout_ms=60_000, keepalive_interval_ms=3_600_000)
 
 
@@ -258,8 +259,12 @@ class Server:
         session: DsoSession | None = None
 
         def send(data: bytes) -> None:
-            if not writer.is_closing():
-                writer.write(len(data).to_bytes(2, "big") + data)
+            if writer.is_closing():
+                return
+            if writer.transport.get_write_buffer_size() > MAX_WRITE_BUFFER:
+                writer.close()  # a subscriber that stopped reading: drop it, not our memory
+                return
+            writer.write(len(data).to_bytes(2, "big") + data)
 
         try:
             while True:
