@@ -120,8 +120,6 @@ class _Work:
         return out
 
 
-_canon = canon
-
 
 def _next_serial(serial: int) -> int:
     return serial % 0xFFFFFFFF + 1
@@ -133,7 +131,6 @@ class ServerCore:
         self.store = store
         self.config = config
         self.keys: dict[dns.name.Name, KeyEntry] = {entry.name: entry for entry in keys}
-        self.keyring = {entry.name: entry.key for entry in keys}
         self.limiter = RateLimiter(config.rate, config.burst)
         self.log: LogCallback = log or (lambda event: None)
         self.zones: dict[dns.name.Name, Zone] = {}
@@ -374,9 +371,9 @@ class ServerCore:
             else:
                 if rrset.ttl != 0 or rdtype in META_TYPES:
                     raise UpdateFailed(dns.rcode.FORMERR, "value prerequisite with TTL or meta type")
-                wanted.setdefault((name, rdtype), set()).update(_canon(rd) for rd in rrset)
+                wanted.setdefault((name, rdtype), set()).update(canon(rd) for rd in rrset)
         for (name, rdtype), want in wanted.items():
-            have = {_canon(rec.rdata) for rec in zone.rrset(name, rdtype).values()}
+            have = {canon(rec.rdata) for rec in zone.rrset(name, rdtype).values()}
             if have != want:
                 raise UpdateFailed(dns.rcode.NXRRSET, f"prerequisite: {name} {_t(rdtype)} differs")
 
