@@ -360,3 +360,29 @@ def test_update_over_dot_and_tcp_pipelining(server: ServeProc, account: Path) ->
             replies.append(dns.message.from_wire(reader.read(size)))
     assert [r.id for r in replies] == [q.id for q in queries]
     assert names(replies[0]) == ["fd00::d07"] and rcode(replies[1]) == "NXDOMAIN"
+
+
+def test_nsupdate_deletes_and_prerequisites(server: ServeProc, workdir: Path, account: Path) -> None:
+    key = key_file(workdir, account)
+    owner = f"Del\\032Me._http._tcp.{BOB}"
+    done = nsupdate(key, server.port, f"""zone {BOB}
+prereq nxdomain {owner}
+update add {owner} 60 SRV 0 0 80 web.{BOB}
+update add {owner} 60 TXT "a=1"
+update add _http._tcp.{BOB} 60 PTR {owner}
+send
+""")
+    assert done.returncode == 0, done.stderr
+    again = nsupdate(key, server.port,
+                     f"zone {BOB}\nprereq nxdomain {owner}\nupdate add {owner} 60 TXT \"b=2\"\nsend\n")
+    assert again.returncode != 0 and "YXDOMAIN" in again.stdout + again.stderr
+    assert dig(server.port, owner, "TXT", "+short").strip() == '"a=1"'
+    by_type = nsupdate(key, server.port, f"zone {BOB}\nupdate delete {owner} TXT\nsend\n")
+    assert by_type.returncode == 0, by_type.stderr
+    assert "status: NOERROR" in dig(server.port, owner, "TXT")
+    assert not dig(server.port, owner, "TXT", "+short")
+    whole = nsupdate(key, server.port,
+                     f"zone {BOB}\nupdate delete {owner}\nupdate delete _http._tcp.{BOB} PTR {owner}\nsend\n")
+    assert whole.returncode == 0, whole.stderr
+    assert "status: NXDOMAIN" in dig(server.port, owner, "SRV")
+    assert "status: NXDOMAIN" in dig(server.port, f"_http._tcp.{BOB}", "PTR")
