@@ -55,7 +55,7 @@ import dns.wire
 from dnssd_wa import push
 from dnssd_wa.server.keys import KeyEntry, RateLimiter
 from dnssd_wa.server.store import Change, Store
-from dnssd_wa.server.zone import Rec, Zone, answer, canon, find_zone, rec_key
+from dnssd_wa.server.zone import NameKey, Rec, Zone, answer, canon, find_zone, nkey, rec_key
 
 LEASE_OPTION = 2
 LEASE_OTYPE = dns.edns.OptionType.make(LEASE_OPTION)
@@ -399,14 +399,15 @@ class ServerCore:
                 raise UpdateFailed(dns.rcode.REFUSED, f"type {_t(rdtype)} is not allowed by policy")
 
     def _compute(self, zone: Zone, msg: dns.update.UpdateMessage, expires: float | None) -> list[_Work]:
-        works: dict[tuple[dns.name.Name, int], _Work] = {}
+        works: dict[tuple[NameKey, int], _Work] = {}
 
         def work(name: dns.name.Name, rdtype: int) -> _Work:
-            found = works.get((name, rdtype))
+            key = (nkey(name), rdtype)
+            found = works.get(key)
             if found is None:
                 existing = zone.rrset(name, rdtype)
-                owner = zone.nodes[name].name if existing else name
-                found = works[(name, rdtype)] = _Work(owner, rdtype, existing)
+                owner = zone.owner(name)
+                found = works[key] = _Work(owner, rdtype, existing)
             return found
 
         for rrset in msg.update:
@@ -422,7 +423,7 @@ class ServerCore:
                 if rdtype == dns.rdatatype.ANY:
                     node = zone.node(name)
                     types = set(node.rrsets) if node else set()
-                    types |= {t for (n, t) in works if n == name}
+                    types |= {t for (n, t) in works if n == nkey(name)}
                     for t in types:
                         work(name, t).clear()
                 else:
@@ -479,7 +480,7 @@ class ServerCore:
             if rec.expires is not None:
                 self._schedule(zone, name, rec)
             if watched:
-                pushes.append(push.add(zone.nodes[name].name, rec.rdata, rec.ttl))
+                pushes.append(push.add(zone.owner(name), rec.rdata, rec.ttl))
         if changed:
             zone.set_serial(serial)
             self.udp_cache = {}
@@ -517,7 +518,7 @@ class ServerCore:
         self.store.apply(Change([], [rec.rid for _, _, rec in due], [], serials))
         pushes = []
         for zone, name, rec in due:
-            owner = zone.nodes[name].name
+            owner = zone.owner(name)
             zone.remove(name, rec)
             pushes.append(push.remove(owner, rec.rdata))
         for zone in zones.values():

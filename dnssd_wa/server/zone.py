@@ -71,6 +71,15 @@ class Rec:
         return Rec(None, ttl, expires, self.rid, wire=self.wire, rdtype=self.rdtype)
 
 
+NameKey = tuple[bytes, ...]
+
+
+def nkey(name: dns.name.Name) -> NameKey:
+    """A dict key for a name: its lower-cased labels. ``dns.name.Name`` hashes in a Python
+    loop over every character, on every lookup; a tuple of bytes hashes in C, cached."""
+    return tuple([label.lower() for label in name.labels])
+
+
 @dataclass(slots=True)
 class Node:
     name: dns.name.Name
@@ -81,8 +90,8 @@ class Node:
 class Zone:
     origin: dns.name.Name
     serial: int
-    nodes: dict[dns.name.Name, Node] = field(default_factory=dict)
-    ent: dict[tuple[bytes, ...], int] = field(default_factory=dict)
+    nodes: dict[NameKey, Node] = field(default_factory=dict)
+    ent: dict[NameKey, int] = field(default_factory=dict)
     server_names: set[dns.name.Name] = field(default_factory=set)
     records: int = 0
     _labels: dict[bytes, bytes] = field(default_factory=dict)
@@ -98,15 +107,22 @@ class Zone:
 
     # -- structure ---------------------------------------------------------------------
     def node(self, name: dns.name.Name) -> Node | None:
-        return self.nodes.get(name)
+        return self.nodes.get(nkey(name))
+
+    def owner(self, name: dns.name.Name) -> dns.name.Name:
+        """The stored spelling of ``name`` (case as first registered), else ``name``."""
+        node = self.nodes.get(nkey(name))
+        return name if node is None else node.name
 
     def add(self, name: dns.name.Name, rec: Rec, key: bytes | None = None) -> None:
-        node = self.nodes.get(name)
+        nk = nkey(name)
+        node = self.nodes.get(nk)
         if node is None:
-            name = self._intern(name)
-            node = Node(name)
-            self.nodes[name] = node
-            self._ent_adjust(name, +1)
+            node = Node(self._intern(name))
+            labels = self._labels
+            nk = tuple([labels.setdefault(label, label) for label in nk])  # shared label objects
+            self.nodes[nk] = node
+            self._ent_adjust(nk, +1)
         recs = node.rrsets.setdefault(rec.rdtype, {})
         if key is None:
             key = rec_key(rec)
@@ -120,7 +136,8 @@ class Zone:
         return dns.name.Name(tuple(labels.setdefault(label, label) for label in name.labels))
 
     def remove(self, name: dns.name.Name, rec: Rec) -> bool:
-        node = self.nodes.get(name)
+        nk = nkey(name)
+        node = self.nodes.get(nk)
         if node is None:
             return False
         recs = node.rrsets.get(rec.rdtype)
@@ -132,18 +149,13 @@ class Zone:
         if not recs:
             del node.rrsets[rec.rdtype]
             if not node.rrsets:
-                del self.nodes[name]
-                self._ent_adjust(name, -1)
+                del self.nodes[nk]
+                self._ent_adjust(nk, -1)
         return True
 
-    def _ent_adjust(self, name: dns.name.Name, delta: int) -> None:
-        """Count ``name`` in each ancestor strictly between it and the apex (RFC 8020 ENTs).
-
-        Keys are lower-cased label tuples: slicing a tuple is much cheaper than making
-        ``dns.name.Name`` parents.
-        """
-        depth = len(name) - len(self.origin)
-        labels = tuple(label.lower() for label in name.labels)
+    def _ent_adjust(self, labels: NameKey, delta: int) -> None:
+        """Count a name in each ancestor strictly between it and the apex (RFC 8020 ENTs)."""
+        depth = len(labels) - len(self.origin)
         for i in range(1, depth):
             key = labels[i:]
             count = self.ent.get(key, 0) + delta
@@ -153,13 +165,12 @@ class Zone:
                 self.ent[key] = count
 
     def exists(self, name: dns.name.Name) -> bool:
-        if name in self.nodes or name == self.origin:
-            return True
-        return tuple(label.lower() for label in name.labels) in self.ent
+        nk = nkey(name)
+        return nk in self.nodes or nk in self.ent or name == self.origin
 
     def rrset(self, name: dns.name.Name, rdtype: int) -> dict[bytes, Rec]:
         """The live records of one RRset by canonical rdata (do not mutate; empty if none)."""
-        node = self.nodes.get(name)
+        node = self.nodes.get(nkey(name))
         if node is None:
             return {}
         return node.rrsets.get(rdtype, {})
@@ -182,7 +193,7 @@ class Zone:
     def install_server_records(self, ns_addresses: list[str], tls_port: int | None) -> None:
         """(Re)create SOA, NS, the name server's address and the service SRV records."""
         for name in [self.origin, *self.server_names]:
-            node = self.nodes.get(name)
+            node = self.nodes.get(nkey(name))
             if node is None:
                 continue
             for recs in list(node.rrsets.values()):
@@ -210,7 +221,7 @@ class Zone:
 
     def set_serial(self, serial: int) -> None:
         self.serial = serial
-        node = self.nodes.get(self.origin)
+        node = self.nodes.get(nkey(self.origin))
         recs = node.rrsets.get(dns.rdatatype.SOA) if node is not None else None
         if recs:
             recs.clear()
