@@ -78,6 +78,8 @@ class InitExchange(SaCore):
     def _on_init_response(self, msg: Message, now: float) -> None:
         cookie = msg.notify(NotifyType.COOKIE)
         if cookie is not None:
+            if cookie.data == self.cookie:
+                return None  # a duplicate answering an earlier transmission; keep waiting
             if self.init_retries >= 3:
                 return self._fail(ev.PEER_ERROR, f"{self.describe_peer()} keeps asking for cookies", now)
             self.init_retries += 1
@@ -87,6 +89,8 @@ class InitExchange(SaCore):
         invalid_ke = msg.notify(NotifyType.INVALID_KE_PAYLOAD)
         if invalid_ke is not None:
             wanted = int.from_bytes(invalid_ke.data[:2], "big") if len(invalid_ke.data) >= 2 else 0
+            if wanted == self.group:
+                return None  # a duplicate answering our request before we switched groups
             if wanted in self.cfg.groups and wanted != self.group and self.init_retries < 3:
                 self.init_retries += 1
                 self.group = DhGroup(wanted)

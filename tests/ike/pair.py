@@ -50,6 +50,7 @@ class Pair:
         )
         self.events: dict[str, list[ev.Event]] = {"a": [], "b": []}
         self.drop: Callable[[str, Datagram], bool] = lambda side, d: False
+        self.duplicate = False  # deliver every datagram twice (retransmission races)
         self.wire: list[tuple[str, Datagram]] = []
 
     def initiate(self, natt: bool = True) -> int:
@@ -72,7 +73,8 @@ class Pair:
                     if self.drop(name, d):
                         continue
                     from_addr = src_addr if d.natt else (src_addr[0], 500)
-                    dst.receive_datagram(d.data, from_addr, self.now, natt=d.natt)
+                    for _ in range(2 if self.duplicate else 1):
+                        dst.receive_datagram(d.data, from_addr, self.now, natt=d.natt)
             self._collect()
             if not moved:
                 return

@@ -385,3 +385,20 @@ def test_rekey_responder_switches_outbound_after_grace_without_delete() -> None:
     assert not pair.of("b", ev.ChildSaOutbound)
     pair.advance(6)  # a's Delete is lost; b switches anyway after the grace time
     assert len(pair.of("b", ev.ChildSaOutbound)) == 1
+
+
+def test_every_datagram_duplicated_through_cookie_and_invalid_ke() -> None:
+    """Late duplicates of COOKIE / INVALID_KE replies and of requests must not derail setup."""
+    pair = Pair(
+        a_kw={"groups": (DhGroup.MODP_2048, DhGroup.CURVE25519)},
+        b_kw={"groups": (DhGroup.CURVE25519,), "cookie_threshold": 0},
+    )
+    pair.duplicate = True
+    pair.initiate()
+    pair.pump()
+    assert len(child_up(pair, "a")) == 1 and len(child_up(pair, "b")) == 1
+    assert_keys_match(pair)
+    pair.a.rekey_child(1, pair.now)
+    pair.pump()
+    assert len(child_up(pair, "a")) == 2
+    assert_keys_match(pair)
