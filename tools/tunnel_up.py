@@ -22,7 +22,6 @@ import importlib
 import json
 import queue
 import signal
-import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -36,7 +35,6 @@ from esp_udp.sa import SAParams, parse_inner
 from tools.account_file import check_private, state_dir, write_private
 from tools.cli import (
     EXIT_OK,
-    EXIT_REMOTE,
     EXIT_USAGE,
     Fatal,
     Output,
@@ -145,6 +143,7 @@ def load_static_keys(path: Path) -> tuple[str, int | None, list[tuple[SAParams, 
         raise Fatal(f"static keys file {path}: local.port must be a port number")
     peers: list[tuple[SAParams, bool]] = []
     seen: set[str] = set()
+    spis_in: set[int] = set()
     for number, item in enumerate(data["peers"], start=1):
         try:
             params = SAParams.from_json(item)
@@ -152,7 +151,11 @@ def load_static_keys(path: Path) -> tuple[str, int | None, list[tuple[SAParams, 
             raise Fatal(f"static keys file {path}: peer {number}: {exc}") from None
         if str(params.inner) in seen or str(params.inner) == inner:
             raise Fatal(f"static keys file {path}: peer {number}: inner {params.inner} is used twice")
+        if params.spi_in in spis_in:
+            raise Fatal(f"static keys file {path}: peer {number}: spi_in {params.spi_in:08x} is used "
+                        "twice (inbound SPIs must be unique on this host)")
         seen.add(str(params.inner))
+        spis_in.add(params.spi_in)
         peers.append((params, bool(item.get("keepalive", False))))
     if not peers:
         raise Fatal(f"static keys file {path} has no peers")
@@ -234,14 +237,20 @@ def run_static(args: argparse.Namespace, out: Output, signals: Signals) -> int:
     status_dir = state_dir(getattr(args, "state_dir", None))
     by_inner = {str(p.inner): p for p, _ in peers}
     try:
-        for params, keepalive in peers:
-            dp.add_peer(params, keepalive=keepalive)
+        for number, (params, keepalive) in enumerate(peers, start=1):
+            try:
+                dp.add_peer(params, keepalive=keepalive)
+            except ConfigError as exc:
+                raise Fatal(f"static keys file {args.static_keys}: peer {number}: {exc}") from None
             out.explain(f"peer {params.inner} at {params.outer[0]}:{params.outer[1]} "
                         f"({params.suite.value}, SPI in {params.spi_in:08x} out {params.spi_out:08x})")
         for params, _ in peers:
             out.emit(tunnel_record(dp, params, "up"))
+        ticks = 0
         while not signals.stop.is_set():
-            publish(status_dir, STATUS_COMPONENT, status_body(dp))
+            if ticks % 5 == 0:  # the status file, once a second
+                publish(status_dir, STATUS_COMPONENT, status_body(dp))
+            ticks += 1
             signals.stop.wait(0.2)
             if signals.dump.is_set():
                 signals.dump.clear()
@@ -314,7 +323,7 @@ def main() -> None:
     run(PROG, main_body)
 
 
-__all__ = ["EXIT_REMOTE", "load_ike_mode", "main", "tunnel_record", "write_keylog"]
+__all__ = ["load_ike_mode", "main", "tunnel_record", "write_keylog"]
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())  # type: ignore[func-returns-value]
+    main()

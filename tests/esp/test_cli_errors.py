@@ -60,6 +60,8 @@ def test_group_readable_key_file(tmp_path: Path) -> None:
     (json.dumps({"local": {"inner": "fd00:7::1"}, "peers": [dict(PEER, suite="3des")]}),
      "peer 1: suite"),
     (json.dumps({"local": {"inner": "fd00:7::1"}, "peers": [PEER, PEER]}), "used twice"),
+    (json.dumps({"local": {"inner": "fd00:7::1"}, "peers": [PEER, dict(PEER, inner="fd00:7::3")]}),
+     "spi_in c0ffee01 is used twice"),
 ])
 def test_bad_key_files(tmp_path: Path, content: str, needle: str) -> None:
     path = write(tmp_path / "keys.json", content)
