@@ -315,9 +315,9 @@ class SaCore:
         self._log("out", exchange, message_id, True, payloads, len(ike))
         self._transmit(packet, self.natt, now)
 
-    def _transmit(self, packet: bytes, natt: bool, now: float) -> None:
+    def _transmit(self, packet: bytes, natt: bool, now: float, to: Addr | None = None) -> None:
         self.last_sent = now
-        self.ep.send(packet, self.peer_addr, natt)
+        self.ep.send(packet, to or self.peer_addr, natt)
 
     def enqueue(self, task: Task, now: float, **ctx: object) -> None:
         if self.state == State.DEAD:
@@ -391,7 +391,7 @@ class SaCore:
             and self.cached_response[0] == h.message_id
         ):
             self._log("in", h.exchange, h.message_id, False, msg.payloads, len(msg.raw), True)
-            self._transmit(self.cached_response[1], self.natt, now)
+            self._transmit(self.cached_response[1], self.natt, now, to=addr)  # §2.11: to the source
             return
         if h.message_id != self.next_id_in:
             self.ep.drop(self.handle, f"request message ID {h.message_id}, expected {self.next_id_in}", addr)

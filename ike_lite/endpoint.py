@@ -278,7 +278,7 @@ class IkeEndpoint:
         existing = self._half_open.get((h.spi_i, addr))
         if existing is not None:
             if existing.msg1 == msg.raw and existing.cached_response is not None:
-                existing._transmit(existing.cached_response[1], natt, now)
+                existing._transmit(existing.cached_response[1], natt, now, to=addr)
             return
         payloads = msg.payloads
         sa_p = next((p for p in payloads if isinstance(p, SA)), None)
