@@ -294,9 +294,12 @@ class ServerCore:
 
     def _log_update(self, msg: dns.message.Message, peer: str, entry: KeyEntry | None, rcode: int,
                     what: str, zone: Zone | None = None) -> None:
-        zone_name = msg.question[0].name.to_text() if msg.question else "?"
+        if zone is not None:
+            zone_name = zone.origin_text
+        else:
+            zone_name = msg.question[0].name.to_text() if msg.question else "?"
         self.log({"event": "update", "client": peer,
-                  "key": entry.name.to_text() if entry else (msg.keyname.to_text() if msg.keyname else None),
+                  "key": entry.name_text if entry else (msg.keyname.to_text() if msg.keyname else None),
                   "zone": zone_name, "rcode": dns.rcode.to_text(dns.rcode.Rcode.make(rcode)), "what": what,
                   "serial": zone.serial if zone else None})
 
@@ -378,22 +381,24 @@ class ServerCore:
                 raise UpdateFailed(dns.rcode.NXRRSET, f"prerequisite: {name} {_t(rdtype)} differs")
 
     def _prescan(self, zone: Zone, msg: dns.update.UpdateMessage, entry: KeyEntry) -> None:
-        for rrset in msg.update:
-            name, rdtype = rrset.name, rrset.rdtype
-            if not name.is_subdomain(zone.origin):
-                raise UpdateFailed(dns.rcode.NOTZONE, f"{name} is outside zone {zone.origin}")
+        origin = nkey(zone.origin)
+        keys = [nkey(rrset.name) for rrset in msg.update]
+        for rrset, nk in zip(msg.update, keys, strict=True):
+            rdtype = rrset.rdtype
+            if len(nk) < len(origin) or nk[len(nk) - len(origin):] != origin:
+                raise UpdateFailed(dns.rcode.NOTZONE, f"{rrset.name} is outside zone {zone.origin}")
             if rrset.deleting is None and rdtype in META_TYPES:
                 raise UpdateFailed(dns.rcode.FORMERR, f"cannot add type {_t(rdtype)}")
             if rrset.deleting == dns.rdataclass.NONE and (rrset.ttl != 0 or rdtype in META_TYPES):
                 raise UpdateFailed(dns.rcode.FORMERR, "delete-one with TTL or meta type")
             if rrset.deleting == dns.rdataclass.ANY and rdtype in META_TYPES - {dns.rdatatype.ANY}:
                 raise UpdateFailed(dns.rcode.FORMERR, f"cannot delete type {_t(rdtype)}")
-        for rrset in msg.update:
-            name, rdtype = rrset.name, rrset.rdtype
-            if entry.zone != zone.origin:
-                raise UpdateFailed(dns.rcode.REFUSED, f"key {entry.name} may not update zone {zone.origin}")
-            if name == zone.origin or name in zone.server_names:
-                raise UpdateFailed(dns.rcode.REFUSED, f"{name} is the apex or a server-owned name")
+        if msg.update and entry.zone != zone.origin:
+            raise UpdateFailed(dns.rcode.REFUSED, f"key {entry.name} may not update zone {zone.origin}")
+        for rrset, nk in zip(msg.update, keys, strict=True):
+            rdtype = rrset.rdtype
+            if nk == origin or nk in zone.server_keys:
+                raise UpdateFailed(dns.rcode.REFUSED, f"{rrset.name} is the apex or a server-owned name")
             if rdtype not in ALLOWED_TYPES and not (
                     rrset.deleting == dns.rdataclass.ANY and rdtype == dns.rdatatype.ANY):
                 raise UpdateFailed(dns.rcode.REFUSED, f"type {_t(rdtype)} is not allowed by policy")

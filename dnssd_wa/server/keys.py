@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import re
 from dataclasses import dataclass, field
 
@@ -46,6 +47,10 @@ class KeyEntry:
     @property
     def name(self) -> dns.name.Name:
         return self.key.name
+
+    @functools.cached_property
+    def name_text(self) -> str:
+        return self.key.name.to_text()
 
 
 def parse_key_file(text: str, source: str) -> list[dns.tsig.Key]:

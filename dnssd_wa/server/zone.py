@@ -93,8 +93,13 @@ class Zone:
     nodes: dict[NameKey, Node] = field(default_factory=dict)
     ent: dict[NameKey, int] = field(default_factory=dict)
     server_names: set[dns.name.Name] = field(default_factory=set)
+    server_keys: set[NameKey] = field(default_factory=set)
+    origin_text: str = field(init=False, default="")
     records: int = 0
     _labels: dict[bytes, bytes] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.origin_text = self.origin.to_text()
 
     _soa_cache: tuple[dns.name.Name, dns.name.Name] | None = None
 
@@ -215,6 +220,7 @@ class Zone:
                 srv = dns.rdata.from_text(IN, dns.rdatatype.SRV, f"0 0 {tls_port} {ns_name.to_text()}")
                 self._own(owner, srv, SERVER_TTL)
                 self.server_names.add(owner)
+        self.server_keys = {nkey(name) for name in self.server_names}
 
     def _own(self, name: dns.name.Name, rdata: dns.rdata.Rdata, ttl: int) -> None:
         self.add(name, Rec(rdata, ttl, None, 0))
