@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,7 @@ import pytest
 from tests.conftest import script
 from tools import tunnel_up
 from tools.cli import EXIT_USAGE, Fatal
+from tools.netns import Lab
 
 PEER: dict[str, Any] = {
     "inner": "fd00:7::2", "outer": "198.18.7.2:4500", "suite": "aes256gcm16",
@@ -89,3 +91,19 @@ def test_listen_without_ike_mode_is_a_clear_error(monkeypatch: pytest.MonkeyPatc
     with pytest.raises(Fatal) as info:
         tunnel_up.main_body()
     assert info.value.code == EXIT_USAGE and "--static-keys" in info.value.message
+
+
+@pytest.mark.netns
+def test_port_in_use_is_one_line(tmp_path: Path, lab: Lab) -> None:
+    ns = lab.ns("busy")
+    holder = lab.popen(ns, [sys.executable, "-c",
+                            "import socket,sys,time\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\n"
+                            "s.bind(('0.0.0.0',4500)); print('bound', flush=True); time.sleep(60)"],
+                       stdout=subprocess.PIPE)
+    assert holder.stdout is not None and holder.stdout.readline().strip() == b"bound"
+    proc = lab.run(ns, [script("btmm-tunnel-up"), "--static-keys", str(good_file(tmp_path))],
+                   check=False, timeout=60)
+    result = subprocess.CompletedProcess(proc.args, proc.returncode, proc.stdout.decode(),
+                                         proc.stderr.decode())
+    assert_one_line_error(result, "4500", "in use")
+    assert lab.run(ns, ["ip", "link", "show", "btmm0"], check=False).returncode != 0  # cleaned up
