@@ -284,6 +284,44 @@ def test_direct_chacha20_suite(direct: Topo) -> None:
     r.wait("IkeSaDown")
 
 
+def test_direct_groups_modp2048_and_ecp256(direct: Topo) -> None:
+    """strongSwan allowing only MODP-2048 answers our X25519 guess with INVALID_KE_PAYLOAD and we
+    retry with group 14; strongSwan initiating with ECP-256 is answered by our responder."""
+    direct.runner.clear()
+    direct.charon.load([swan_conn("modp", "%any", proposals="aes256gcm16-prfsha256-modp2048")], PSK)
+    r = direct.restart_runner()
+    mark = direct.charon.log_size()
+    r.send(cmd="initiate", addr="198.18.0.2:4500", peer_id=SWAN_ID, inner=SWAN_INNER)
+    assert r.wait("IkeSaUp", timeout=15)["suite"] == "aes256gcm16-prfsha256-modp2048"
+    r.wait("ChildSaUp")
+    log = direct.charon.log_text()[mark:]
+    assert "generating IKE_SA_INIT response 0 [ N(INVAL_KE) ]" in log
+    assert "selected proposal: IKE:AES_GCM_16_256/PRF_HMAC_SHA2_256/MODP_2048" in log
+    _traffic(direct)
+    r.send(cmd="close")
+    r.wait("IkeSaDown")
+    ecp = swan_conn(
+        "ecp",
+        "198.18.0.1",
+        local_port=4500,
+        remote_port=4500,
+        child="ecp-child",
+        proposals="aes256gcm16-prfsha256-ecp256",
+    )
+    direct.charon.load([ecp], PSK)
+    mark = direct.charon.log_size()
+    assert "initiate completed successfully" in direct.charon.initiate("ecp-child")
+    up = r.wait("IkeSaUp")
+    assert up["suite"] == "aes256gcm16-prfsha256-ecp256" and not up["initiator"]
+    r.wait("ChildSaUp")
+    assert (
+        "selected proposal: IKE:AES_GCM_16_256/PRF_HMAC_SHA2_256/ECP_256" in direct.charon.log_text()[mark:]
+    )
+    _traffic(direct)
+    r.send(cmd="close")
+    r.wait("IkeSaDown")
+
+
 # ---------------------------------------------------------------------------------------------- NAT
 @pytest.fixture(scope="module")
 def natted() -> Iterator[Topo]:
