@@ -268,7 +268,12 @@ class Server:
 
         try:
             while True:
-                timeout = None if session is not None and session.subs else IDLE_TIMEOUT
+                if session is None:
+                    timeout: float | None = IDLE_TIMEOUT
+                elif session.subs:
+                    timeout = None  # long-lived operations keep a DSO session active (RFC 8490 §6.2)
+                else:
+                    timeout = KEEPALIVE.inactivity_timeout_ms / 1000 * 2
                 async with asyncio.timeout(timeout):
                     header = await reader.readexactly(2)
                 data = await reader.readexactly(int.from_bytes(header, "big"))
