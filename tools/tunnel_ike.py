@@ -407,6 +407,7 @@ def run_ike_mode(args: argparse.Namespace, datapath: Any, out: Any, stop: thread
         dpd_interval=getattr(args, "dpd", 30.0),
         pfs_group=DhGroup.CURVE25519 if getattr(args, "pfs", False) else None,
         peer_prefix=str(host.account.ula_prefix),
+        log_messages=bool(getattr(args, "verbose", False)),
     )
     failures = 0
     by_inner: dict[str, Record] = {}
@@ -466,6 +467,12 @@ def run_ike_mode(args: argparse.Namespace, datapath: Any, out: Any, stop: thread
                 out.emit(error_record("btmm-tunnel-up", e.message, by_id.get(e.peer_id), reason=e.reason))
         elif isinstance(e, ev.ChildSaFailed):
             out.warn(e.message)
+        elif isinstance(e, ev.MessageLogged):
+            arrow = "→" if e.direction == "out" else "←"
+            kind = "response" if e.response else "request"
+            again = " (retransmission)" if e.retransmission else ""
+            out.explain(f"IKE {arrow} {ev.fmt_addr(e.peer_addr)} {e.exchange} #{e.message_id} {kind} "
+                        f"[{' '.join(e.payloads)}] {e.length} B{again}")
         elif isinstance(e, ev.Dropped):
             out.explain(f"dropped from {ev.fmt_addr(e.peer_addr)}: {e.reason}")
         elif isinstance(e, ev.IkeSaUp | ev.IkeSaRekeyed):

@@ -89,7 +89,16 @@ def test_tunnel_up_listen_and_endpoint_record(
     err_c = open(tmp_path / "c.err", "wb")
     client = lab.popen(
         c,
-        [*base, "--host", "laptop", "--state-dir", str(state_c), "--keylog", str(tmp_path / "esp.keys")],
+        [
+            *base,
+            "--host",
+            "laptop",
+            "--state-dir",
+            str(state_c),
+            "--keylog",
+            str(tmp_path / "esp.keys"),
+            "--verbose",
+        ],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=err_c,
@@ -115,6 +124,9 @@ def test_tunnel_up_listen_and_endpoint_record(
     assert up_c["spi_in"] in esp_keys.read_text().lower() and "AES-GCM-256" in ike_keys.read_text()
     client.send_signal(signal.SIGTERM)
     assert client.wait(timeout=15) == 0
+    verbose = (tmp_path / "c.err").read_text()
+    assert "IKE → 198.18.0.1:4500 IKE_SA_INIT #0 request [SA KE NONCE" in verbose
+    assert "IKE ← 198.18.0.1:4500 IKE_AUTH #1 response [IDR AUTH SA TSI TSR]" in verbose
     down = _wait(from_h, 15, type="tunnel", state="down")
     assert down["reason"] == "deleted_by_peer"
     listener.send_signal(signal.SIGTERM)
