@@ -49,7 +49,6 @@ if TYPE_CHECKING:
 
 Addr = tuple[str, int]
 
-FAILURE_EXIT = {ev.AUTHENTICATION_FAILED: 2}
 
 
 class Transport(Protocol):
@@ -395,7 +394,7 @@ def run_ike_mode(args: argparse.Namespace, datapath: Any, out: Any, stop: thread
     negotiation becomes an error record with the reason and one human sentence.
     """
     from tools.account_file import load_host
-    from tools.cli import EXIT_OK, EXIT_PARTIAL, Record, derive, error_record, read_records
+    from tools.cli import Record, derive, error_record, read_records
 
     host = load_host(
         getattr(args, "account", None), getattr(args, "host", None), getattr(args, "state_dir", None)
@@ -410,6 +409,8 @@ def run_ike_mode(args: argparse.Namespace, datapath: Any, out: Any, stop: thread
         log_messages=bool(getattr(args, "verbose", False)),
     )
     failures = 0
+    reasons: list[str] = []
+    initiating = not getattr(args, "listen", False)
     by_inner: dict[str, Record] = {}
     by_id: dict[str, Record] = {}
     inner_of: dict[int, str] = {}
@@ -463,8 +464,11 @@ def run_ike_mode(args: argparse.Namespace, datapath: Any, out: Any, stop: thread
                 )
             else:
                 failures += 1
+                reasons.append(e.reason)
                 out.warn(e.message)
                 out.emit(error_record("btmm-tunnel-up", e.message, by_id.get(e.peer_id), reason=e.reason))
+            if initiating and service is not None and not service.endpoint.sessions():
+                service.stop()  # every tunnel we were asked for is gone: nothing left to do
         elif isinstance(e, ev.ChildSaFailed):
             out.warn(e.message)
         elif isinstance(e, ev.MessageLogged):
@@ -505,6 +509,20 @@ def run_ike_mode(args: argparse.Namespace, datapath: Any, out: Any, stop: thread
             out.explain(f"IKE to {peer_id} at {ev.fmt_addr(addr)} for {inner}")
             service.initiate(addr, peer_id, inner, natt=port != 500)
     service.run(stop)
+    # A listener's job is serving: initiators it refused were reported as error records, but a
+    # clean stop is success. An initiator's exit code says what became of its tunnels.
+    return exit_code(reasons, failures) if initiating else 0
+
+
+def exit_code(reasons: list[str], failures: int) -> int:
+    """tools/cli.py's codes: 2 when the peer refused our credentials (different account files),
+    3 when a peer could not be reached, 1 for other per-tunnel failures."""
+    from tools.cli import EXIT_OK, EXIT_PARTIAL, EXIT_REMOTE, EXIT_USAGE
+
+    if ev.AUTHENTICATION_FAILED in reasons:
+        return EXIT_USAGE
+    if reasons and all(r == ev.TIMEOUT for r in reasons):
+        return EXIT_REMOTE
     return EXIT_PARTIAL if failures else EXIT_OK
 
 

@@ -131,3 +131,91 @@ def test_tunnel_up_listen_and_endpoint_record(
     assert down["reason"] == "deleted_by_peer"
     listener.send_signal(signal.SIGTERM)
     assert listener.wait(timeout=15) == 0
+
+
+def test_tunnel_up_wrong_account_fails_with_one_line(
+    lab: Lab, account_file: Path, tmp_path: Path, btmm_env: dict[str, str]
+) -> None:
+    """Two hosts with different account files (different PSKs): the initiator exits 2 with one
+    clear line; the listener reports the refused initiator as an error record and stays up."""
+    other = tmp_path / "other-account.json"
+    subprocess.run(
+        [
+            script("btmm-account"),
+            "--account",
+            str(other),
+            "init",
+            "--domain",
+            "bob.members.example",
+            "--json",
+        ],
+        check=True,
+        env=btmm_env,
+        capture_output=True,
+    )
+    h, c = lab.ns("h"), lab.ns("c")
+    lab.veth(h, "vh", c, "vc")
+    lab.addr(h, "vh", "198.18.0.1/24")
+    lab.addr(c, "vc", "198.18.0.2/24")
+    imac = load_host(str(account_file), "imac", str(tmp_path / "state-h"))
+    listener = lab.popen(
+        h,
+        [
+            script("btmm-tunnel-up"),
+            "--account",
+            str(account_file),
+            "--json",
+            "--host",
+            "imac",
+            "--state-dir",
+            str(tmp_path / "state-h"),
+            "--listen",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        env=btmm_env,
+    )
+    assert listener.stdout is not None
+    from_h = _records(listener.stdout)
+    time.sleep(0.5)
+    record = {
+        "type": "tunnel-endpoint",
+        "v": 1,
+        "host": imac.fqdn,
+        "inner": str(imac.ula),
+        "outer_address": "198.18.0.1",
+        "outer_port": 4500,
+        "ike_id": imac.fqdn,
+    }
+    proc = lab.run(
+        c,
+        [
+            script("btmm-tunnel-up"),
+            "--account",
+            str(other),
+            "--json",
+            "--host",
+            "laptop",
+            "--state-dir",
+            str(tmp_path / "state-c"),
+        ],
+        input=(json.dumps(record) + "\n").encode(),
+        check=False,
+        timeout=30,
+        env=btmm_env,
+    )
+    stderr = proc.stderr.decode()
+    assert proc.returncode == 2, stderr
+    assert "refused our PSK — the two hosts hold different account files" in stderr
+    assert "Traceback" not in stderr
+    err = json.loads(proc.stdout.decode().splitlines()[-1])
+    assert (
+        err["type"] == "error"
+        and err["reason"] == "AUTHENTICATION_FAILED"
+        and err["input"]["host"] == imac.fqdn
+    )
+    refused = _wait(from_h, 10, type="error", reason="AUTHENTICATION_FAILED")
+    assert "does not match ours" in refused["error"]
+    assert listener.poll() is None
+    listener.send_signal(signal.SIGTERM)
+    assert listener.wait(timeout=15) == 0
