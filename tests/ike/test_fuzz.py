@@ -5,6 +5,7 @@ from __future__ import annotations
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from ike_lite import Datagram
 from ike_lite import events as ev
 from ike_lite.errors import IkeError
 from ike_lite.wire import parse_message
@@ -88,3 +89,65 @@ def test_state_machine_survives_garbage(datagrams: list[bytes], natt: bool, seed
     pair.pump()
     ups = [e for e in pair.events["a"] if isinstance(e, ev.ChildSaUp)]
     assert len(ups) == 2
+
+
+OPS = st.sampled_from(
+    [
+        "rekey_child_a",
+        "rekey_child_b",
+        "rekey_pfs_a",
+        "rekey_pfs_b",
+        "rekey_ike_a",
+        "rekey_ike_b",
+        "advance",
+        "drop_one",
+        "pump",
+    ]
+)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(OPS, min_size=1, max_size=14))
+def test_random_operation_sequences_keep_the_tunnel_consistent(ops: list[str]) -> None:
+    """Rekeys of both kinds from both sides, interleaved, with lost packets and time passing:
+    afterwards both ends agree on exactly one CHILD SA and one IKE SA, and nothing went down."""
+    pair = Pair(a_kw={"dpd_interval": 15.0}, b_kw={"dpd_interval": 15.0})
+    pair.initiate()
+    pair.pump()
+    drops = {"n": 0}
+
+    def drop(side: str, d: Datagram) -> bool:
+        if drops["n"] > 0:
+            drops["n"] -= 1
+            return True
+        return False
+
+    pair.drop = drop
+    for op in ops:
+        if op == "advance":
+            pair.advance(3)
+        elif op == "drop_one":
+            drops["n"] = 1
+        elif op == "pump":
+            pair.pump()
+        else:
+            ep = pair.a if op.endswith("_a") else pair.b
+            handle = ep.sessions()[0]
+            if op.startswith("rekey_ike"):
+                ep.rekey_ike(handle, pair.now)
+            else:
+                ep.rekey_child(handle, pair.now, pfs=op.startswith("rekey_pfs"))
+    drops["n"] = 0
+    pair.advance(60)
+    for side in "ab":
+        assert not [e for e in pair.events[side] if isinstance(e, ev.IkeSaDown)], side
+    assert len(pair.a.sessions()) == 1 and len(pair.b.sessions()) == 1
+    live = {}
+    for side in "ab":
+        ups = [e for e in pair.events[side] if isinstance(e, ev.ChildSaUp)]
+        gone = {e.spi_in for e in pair.events[side] if isinstance(e, ev.ChildSaDown)}
+        current = [e.child for e in ups if e.child.spi_in not in gone]
+        assert len(current) == 1, (side, len(ups), len(gone))
+        live[side] = current[0]
+    a, b = live["a"], live["b"]
+    assert (a.spi_in, a.key_in, a.key_out) == (b.spi_out, b.key_out, b.key_in)
