@@ -54,8 +54,12 @@ NAT: a peer's outer address follows the source of authenticated ESP (NAT rebindi
 one-byte 0xFF keepalive is sent after ``keepalive_interval`` seconds without sending to a
 peer added with ``keepalive=True`` (set it when we are behind a NAT).
 
+Ingress filter: a decrypted packet must be IPv6 from the peer's own ULA, or it is dropped
+(``bad_inner``) — an authenticated peer cannot speak for another.
+
 Counters per peer (packets/bytes in and out, auth failures, replays, drops by reason) are
-read with :meth:`Datapath.counters` as a JSON-able dict. :meth:`Datapath.close` stops the
+read with :meth:`Datapath.counters` as a JSON-able dict (with ``worker_errors``: bugs the
+worker survived). :meth:`Datapath.close` stops the
 worker, removes routes and deletes the TUN device.
 
 Usage::
