@@ -423,3 +423,25 @@ def test_nat_strongswan_initiator_to_btmm_responder_via_port_forward(natted: Top
     natted.runner.send(cmd="close")
     assert natted.runner.wait("IkeSaDown")["reason"] == "closed"
     assert _swan_state(natted.charon) == ([], [])
+
+
+def test_nat_dead_peer_detected_by_our_dpd(natted: Topo) -> None:
+    """The path to strongSwan goes dark: our liveness checks (DPD every 1 s) give up → dead_peer."""
+    r = natted.restart_runner("--dpd", "1")
+    r.send(cmd="initiate", addr="198.18.0.2:4500", peer_id=SWAN_ID, inner=SWAN_INNER)
+    r.wait("ChildSaUp", timeout=15)
+    assert ping(natted.lab, natted.ours, SWAN_INNER, count=1) == 1
+    router = next(ns for ns in natted.lab.namespaces if ns.endswith("-r"))
+    natted.lab.nft(
+        router,
+        """
+table ip blackhole {
+  chain drop_udp {
+    type filter hook forward priority 0;
+    meta l4proto udp drop
+  }
+}
+""",
+    )
+    down = r.wait("IkeSaDown", timeout=30)
+    assert down["reason"] == "dead_peer" and "stopped answering" in down["message"]
