@@ -50,7 +50,6 @@ if TYPE_CHECKING:
 Addr = tuple[str, int]
 
 
-
 class Transport(Protocol):
     def send_ike(self, data: bytes, addr: Addr) -> None: ...
 
@@ -139,6 +138,10 @@ class IkeService:
     def stop(self) -> None:
         self._stop.set()
         self._wake()
+
+    @property
+    def stopped(self) -> bool:
+        return self._stop.is_set()
 
     def _post(self, kind: str, item: Any) -> None:
         self._inbox.put((kind, item))
@@ -475,8 +478,10 @@ def run_ike_mode(args: argparse.Namespace, datapath: Any, out: Any, stop: thread
             arrow = "→" if e.direction == "out" else "←"
             kind = "response" if e.response else "request"
             again = " (retransmission)" if e.retransmission else ""
-            out.explain(f"IKE {arrow} {ev.fmt_addr(e.peer_addr)} {e.exchange} #{e.message_id} {kind} "
-                        f"[{' '.join(e.payloads)}] {e.length} B{again}")
+            out.explain(
+                f"IKE {arrow} {ev.fmt_addr(e.peer_addr)} {e.exchange} #{e.message_id} {kind} "
+                f"[{' '.join(e.payloads)}] {e.length} B{again}"
+            )
         elif isinstance(e, ev.Dropped):
             out.explain(f"dropped from {ev.fmt_addr(e.peer_addr)}: {e.reason}")
         elif isinstance(e, ev.IkeSaUp | ev.IkeSaRekeyed):
@@ -508,10 +513,33 @@ def run_ike_mode(args: argparse.Namespace, datapath: Any, out: Any, stop: thread
             by_inner[inner], by_id[peer_id] = record, record
             out.explain(f"IKE to {peer_id} at {ev.fmt_addr(addr)} for {inner}")
             service.initiate(addr, peer_id, inner, natt=port != 500)
+    publisher = threading.Thread(target=publish_status, args=(args, datapath, stop, service), daemon=True)
+    publisher.start()
     service.run(stop)
+    service.stop()
+    publisher.join(timeout=2)
     # A listener's job is serving: initiators it refused were reported as error records, but a
     # clean stop is success. An initiator's exit code says what became of its tunnels.
     return exit_code(reasons, failures) if initiating else 0
+
+
+def publish_status(
+    args: argparse.Namespace, datapath: Any, stop: threading.Event, service: IkeService
+) -> None:
+    """Keep btmm-status's view of the tunnels fresh (as the static-keys mode does), then clear it."""
+    from tools.account_file import state_dir
+    from tools.status_file import clear, publish
+    from tools.tunnel_up import STATUS_COMPONENT, status_body
+
+    directory = state_dir(getattr(args, "state_dir", None))
+    try:
+        while not stop.is_set() and not service.stopped:
+            body = status_body(datapath)
+            body["ike_sessions"] = len(service.endpoint.sessions())
+            publish(directory, STATUS_COMPONENT, body)
+            stop.wait(0.5)
+    finally:
+        clear(directory, STATUS_COMPONENT)
 
 
 def exit_code(reasons: list[str], failures: int) -> int:

@@ -21,6 +21,7 @@ import pytest
 from tests.conftest import script
 from tools.account_file import load_host
 from tools.netns import Lab
+from tools.status_file import status_path
 
 from .interop import ping
 
@@ -119,6 +120,13 @@ def test_tunnel_up_listen_and_endpoint_record(
     assert up_c["suite"] == "aes256gcm16" and up_c["spi_in"] == up_h["spi_out"]
     assert up_c["note"] == "copied"  # unknown input fields flow down the pipe
     assert ping(lab, c, str(imac.ula)) == 3
+    deadline = time.monotonic() + 5  # the status file (what btmm-status shows) is refreshed every 0.5 s
+    while True:
+        status = json.loads(status_path(state_c, "tunnels").read_text())
+        if status["tunnels"] or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert status["ike_sessions"] == 1 and status["tunnels"][0]["peer"] == str(imac.ula), status
     esp_keys, ike_keys = tmp_path / "esp.keys", tmp_path / "esp.keys.ikev2"
     assert esp_keys.stat().st_mode & 0o777 == 0o600 and ike_keys.stat().st_mode & 0o777 == 0o600
     assert up_c["spi_in"] in esp_keys.read_text().lower() and "AES-GCM-256" in ike_keys.read_text()
