@@ -37,6 +37,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -384,20 +385,55 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="liveness check after SEC s without a message from the peer (default 30)",
     )
     group.add_argument("--pfs", action="store_true", help="use a fresh DH exchange for CHILD SA rekeys")
+    group.add_argument(
+        "--idle-timeout",
+        type=float,
+        default=600.0,
+        metavar="SEC",
+        help="close a tunnel we initiated after SEC s without traffic (default 600, as BTMM; 0: never)",
+    )
+
+
+@dataclass
+class WantedPeer:
+    """A peer this host was asked to reach (a ``tunnel-endpoint`` record), and its fate."""
+
+    record: dict[str, Any]
+    inner: str
+    peer_id: str
+    addr: Addr
+    ever_up: bool = False
+    up: bool = False
+    attempts: int = 0
+    handle: int | None = None
+    last_bytes: int = -1
+    last_activity: float = 0.0
+
+
+RETRY_FIRST = 1.0
+RETRY_MAX = 30.0
 
 
 def run_ike_mode(args: argparse.Namespace, datapath: Any, out: Any, stop: threading.Event) -> int:
     """The hook tools/tunnel_up.py calls (see its ``IkeMode`` docstring).
 
     ``--listen``: answer every host of the account (its PSK authenticates them; their inner
-    addresses must lie in the account's ULA /48). Otherwise initiate to each
-    ``tunnel-endpoint`` record on stdin (BTMM mode: straight to its UDP port with the non-ESP
-    marker; port 500 means the standard start and float). One ``tunnel`` record per CHILD SA
-    (state up / rekeyed / down), carrying the input record's other fields along; a failed
-    negotiation becomes an error record with the reason and one human sentence.
+    addresses must lie in the account's ULA /48). Every ``tunnel-endpoint`` record on stdin
+    (read as it arrives, so ``btmm-browse --watch | ...`` works; with or without
+    ``--listen``) starts an initiator to that peer (BTMM mode: straight to its UDP port with
+    the non-ESP marker; port 500 means the standard start and float). One ``tunnel`` record
+    per CHILD SA (state up / rekeyed / down), carrying the input record's other fields along;
+    a negotiation that never succeeds becomes an error record with the reason and one human
+    sentence (no plaintext fallback: the peer's ULA simply stays unreachable).
+
+    A tunnel that was up and goes down (the peer restarted, DPD declared it dead) is brought
+    back: the peer's endpoint is resolved again in DNS (it may have moved) and IKE retried
+    with backoff (1 s doubling to 30 s) until it is up or we are stopped. A tunnel without
+    traffic for ``--idle-timeout`` seconds (default 600, BTMM's 10 minutes) is closed.
+    Without ``--listen`` the process ends when no requested tunnel is left and stdin is done.
     """
     from tools.account_file import load_host
-    from tools.cli import Record, derive, error_record, read_records
+    from tools.cli import Fatal, Record, derive, error_record, read_records, stdin_records_available
 
     host = load_host(
         getattr(args, "account", None), getattr(args, "host", None), getattr(args, "state_dir", None)
@@ -411,20 +447,26 @@ def run_ike_mode(args: argparse.Namespace, datapath: Any, out: Any, stop: thread
         peer_prefix=str(host.account.ula_prefix),
         log_messages=bool(getattr(args, "verbose", False)),
     )
+    listening = bool(getattr(args, "listen", False))
+    idle_timeout = float(getattr(args, "idle_timeout", 600.0) or 0.0)
     failures = 0
     reasons: list[str] = []
-    initiating = not getattr(args, "listen", False)
-    by_inner: dict[str, Record] = {}
-    by_id: dict[str, Record] = {}
-    inner_of: dict[int, str] = {}
+    lock = threading.RLock()
+    wanted: dict[str, WantedPeer] = {}  # by peer inner ULA
+    stdin_done = threading.Event()
     esp_keylog = Path(args.keylog) if getattr(args, "keylog", None) else None
     keylog = Path(args.keylog + ".ikev2") if esp_keylog is not None else None
     service: IkeService | None = None
 
+    def record_of(inner: str) -> Record | None:
+        with lock:
+            peer = wanted.get(inner)
+            return peer.record if peer is not None else None
+
     def tunnel(e: ev.ChildSaUp, state: str) -> Record:
         c = e.child
         return derive(
-            by_inner.get(c.inner),
+            record_of(c.inner),
             "tunnel",
             state=state,
             peer=c.inner,
@@ -437,10 +479,51 @@ def run_ike_mode(args: argparse.Namespace, datapath: Any, out: Any, stop: thread
             setup_ms=round(e.setup_s * 1000, 3) if e.setup_s is not None else None,
         )
 
+    def maybe_finish() -> None:
+        """An initiator-only process ends once nothing is wanted and stdin is done."""
+        if listening or service is None or not stdin_done.is_set():
+            return
+        with lock:
+            if wanted:
+                return
+        if not service.endpoint.sessions():
+            service.stop()
+
+    def schedule_retry(peer: WantedPeer) -> None:
+        delay = min(RETRY_MAX, RETRY_FIRST * (2 ** min(peer.attempts, 6)))
+        peer.attempts += 1
+        out.explain(f"reconnecting to {peer.peer_id} in {delay:.0f} s (attempt {peer.attempts})")
+        timer = threading.Timer(delay, reconnect, args=(peer,))
+        timer.daemon = True
+        timer.start()
+
+    def reconnect(peer: WantedPeer) -> None:
+        if stop.is_set() or service is None or service.stopped:
+            return
+        with lock:
+            if wanted.get(peer.inner) is not peer or peer.up:
+                return
+        addr = reresolve(peer) or peer.addr
+        if addr != peer.addr:
+            out.explain(f"{peer.peer_id} moved to {ev.fmt_addr(addr)}")
+            peer.addr = addr
+        service.initiate(addr, peer.peer_id, peer.inner, natt=addr[1] != 500)
+
+    def reresolve(peer: WantedPeer) -> Addr | None:
+        """The peer's current outer endpoint from DNS (None: keep the old one)."""
+        server = host.account.server
+        host_name = str(peer.record.get("host") or peer.peer_id)
+        if not server:
+            return None
+        try:
+            return resolve_outer(server, host_name)
+        except Exception as exc:  # a failed lookup just means: try the old address
+            out.explain(f"re-resolving {host_name} failed ({exc}); trying the last known endpoint")
+            return None
+
     def on_event(e: ev.Event) -> None:
         nonlocal failures
         if isinstance(e, ev.ChildSaUp):
-            inner_of[e.handle] = e.child.inner
             if esp_keylog is not None:
                 from esp_udp.keylog import esp_sa_lines
                 from esp_udp.sa import SAParams
@@ -449,29 +532,47 @@ def run_ike_mode(args: argparse.Namespace, datapath: Any, out: Any, stop: thread
             out.explain(
                 f"CHILD SA with {e.child.inner}: SPI in {e.child.spi_in.hex()} out {e.child.spi_out.hex()}"
             )
+            with lock:
+                peer = wanted.get(e.child.inner)
+                if peer is not None:
+                    peer.up, peer.ever_up, peer.attempts, peer.handle = True, True, 0, e.handle
+                    peer.last_activity = time.monotonic()
             out.emit(tunnel(e, "rekeyed" if e.rekey_of else "up"))
         elif isinstance(e, ev.IkeSaDown):
-            inner = inner_of.pop(e.handle, "")
+            inner = service.inner_of.get(e.handle, "") if service is not None else ""
+            with lock:
+                peer = wanted.get(inner) if inner else None
+                if peer is None:
+                    peer = next((p for p in wanted.values() if p.handle == e.handle), None)
             if e.established:
-                out.emit(
-                    derive(
-                        by_inner.get(inner),
-                        "tunnel",
-                        state="down",
-                        peer=inner or e.peer_id,
-                        inner_remote=inner,
-                        outer=ev.fmt_addr(e.peer_addr),
-                        reason=e.reason,
-                        message=e.message,
-                    )
-                )
-            else:
+                out.emit(derive(
+                    peer.record if peer is not None else None, "tunnel", state="down",
+                    peer=inner or e.peer_id, inner_remote=inner, outer=ev.fmt_addr(e.peer_addr),
+                    reason=e.reason, message=e.message,
+                ))
+            if peer is not None:
+                peer.up = False
+                retry = (peer.ever_up and e.reason not in (ev.CLOSED, ev.AUTHENTICATION_FAILED)
+                         and not stop.is_set())
+                if retry:
+                    schedule_retry(peer)
+                elif not e.established or e.reason != ev.CLOSED:
+                    if not e.established:
+                        failures += 1
+                        reasons.append(e.reason)
+                        out.warn(e.message)
+                        out.emit(error_record("btmm-tunnel-up", e.message, peer.record, reason=e.reason))
+                    with lock:
+                        wanted.pop(peer.inner, None)
+                else:
+                    with lock:
+                        wanted.pop(peer.inner, None)
+            elif not e.established:
                 failures += 1
                 reasons.append(e.reason)
                 out.warn(e.message)
-                out.emit(error_record("btmm-tunnel-up", e.message, by_id.get(e.peer_id), reason=e.reason))
-            if initiating and service is not None and not service.endpoint.sessions():
-                service.stop()  # every tunnel we were asked for is gone: nothing left to do
+                out.emit(error_record("btmm-tunnel-up", e.message, None, reason=e.reason))
+            maybe_finish()
         elif isinstance(e, ev.ChildSaFailed):
             out.warn(e.message)
         elif isinstance(e, ev.MessageLogged):
@@ -497,22 +598,71 @@ def run_ike_mode(args: argparse.Namespace, datapath: Any, out: Any, stop: thread
     )
     datapath.on_ike = service.on_ike
     datapath.on_event = service.on_datapath_event
-    if not getattr(args, "listen", False):
-        for record in read_records(sys.stdin, "btmm-tunnel-up"):
-            if record.get("type") != "tunnel-endpoint":
-                out.emit(record)
-                continue
-            try:
-                port = int(record.get("outer_port", 4500))
-                addr = (str(record["outer_address"]), port)
-                peer_id, inner = str(record.get("ike_id") or record["host"]), str(record["inner"])
-            except (KeyError, ValueError) as exc:
-                failures += 1
-                out.emit(error_record("btmm-tunnel-up", f"tunnel-endpoint record lacks {exc}", record))
-                continue
-            by_inner[inner], by_id[peer_id] = record, record
-            out.explain(f"IKE to {peer_id} at {ev.fmt_addr(addr)} for {inner}")
-            service.initiate(addr, peer_id, inner, natt=port != 500)
+
+    def read_stdin() -> None:
+        nonlocal failures
+        try:
+            for record in read_records(iter(sys.stdin.readline, ""), "btmm-tunnel-up"):
+                if stop.is_set():
+                    return
+                if record.get("type") != "tunnel-endpoint":
+                    out.emit(record)  # error records (and anything else) pass along
+                    continue
+                if record.get("event") == "removed":
+                    close_peer(str(record.get("inner") or ""), "the service disappeared from DNS")
+                    continue
+                try:
+                    port = int(record.get("outer_port", 4500))
+                    addr = (str(record["outer_address"]), port)
+                    peer_id, inner = str(record.get("ike_id") or record["host"]), str(record["inner"])
+                except (KeyError, ValueError) as exc:
+                    failures += 1
+                    out.emit(error_record("btmm-tunnel-up", f"tunnel-endpoint record lacks {exc}", record))
+                    continue
+                with lock:
+                    if inner in wanted:
+                        out.explain(f"already have a tunnel to {peer_id}; record skipped")
+                        continue
+                    wanted[inner] = WantedPeer(record=record, inner=inner, peer_id=peer_id, addr=addr)
+                out.explain(f"IKE to {peer_id} at {ev.fmt_addr(addr)} for {inner}")
+                service.initiate(addr, peer_id, inner, natt=port != 500)
+        finally:
+            stdin_done.set()
+            maybe_finish()
+
+    def close_peer(inner: str, why: str) -> None:
+        with lock:
+            peer = wanted.pop(inner, None)
+        if peer is not None and peer.handle is not None and service is not None:
+            out.explain(f"closing the tunnel to {peer.peer_id}: {why}")
+            service.command("close", peer.handle)
+
+    def idle_watch() -> None:
+        """Close initiated tunnels that carried no traffic for ``idle_timeout`` seconds."""
+        while not stop.wait(min(5.0, max(0.5, idle_timeout / 4))):
+            if service is None or service.stopped:
+                return
+            counters = {p["inner"]: p for p in datapath.counters().get("peers", [])}
+            now = time.monotonic()
+            with lock:
+                peers = [p for p in wanted.values() if p.up]
+            for peer in peers:
+                c = counters.get(peer.inner, {})
+                total = int(c.get("bytes_in", 0)) + int(c.get("bytes_out", 0))
+                if total != peer.last_bytes:
+                    peer.last_bytes, peer.last_activity = total, now
+                elif now - peer.last_activity >= idle_timeout:
+                    close_peer(peer.inner, f"idle for {idle_timeout:.0f} s")
+
+    if stdin_records_available():
+        threading.Thread(target=read_stdin, daemon=True, name="btmm-stdin").start()
+    else:
+        stdin_done.set()
+        if not listening:
+            raise Fatal("nothing to do: pipe tunnel-endpoint records in (btmm-resolve-tunnel | "
+                        "btmm-tunnel-up), or pass --listen or --static-keys FILE")
+    if idle_timeout > 0:
+        threading.Thread(target=idle_watch, daemon=True, name="btmm-idle").start()
     publisher = threading.Thread(target=publish_status, args=(args, datapath, stop, service), daemon=True)
     publisher.start()
     service.run(stop)
@@ -520,7 +670,25 @@ def run_ike_mode(args: argparse.Namespace, datapath: Any, out: Any, stop: thread
     publisher.join(timeout=2)
     # A listener's job is serving: initiators it refused were reported as error records, but a
     # clean stop is success. An initiator's exit code says what became of its tunnels.
-    return exit_code(reasons, failures) if initiating else 0
+    return exit_code(reasons, failures) if not listening else 0
+
+
+def resolve_outer(server: str, host_name: str, timeout: float = 2.0) -> Addr | None:
+    """Outer endpoint of ``host_name`` from its ``_autotunnel._udp`` SRV and A records."""
+    import asyncio
+
+    from dnssd_wa import driver, names
+
+    h, port = driver.parse_hostport(server, driver.DNS_PORT)
+
+    async def go() -> Addr | None:
+        async with driver.DnsClient(driver.ServerConfig(h, port, timeout=timeout)) as client:
+            ep, _ = await driver.resolve_tunnel_endpoint(client, names.domain_name(host_name))
+        if ep.outer_address and ep.outer_port:
+            return ep.outer_address, ep.outer_port
+        return None
+
+    return asyncio.run(go())
 
 
 def publish_status(

@@ -135,18 +135,18 @@ def test_client_recovers_when_host_restarts_tunnel(world: World) -> None:
     assert "hello from Bob’s iMac" in body
 
 
-def test_home_router_restart_remaps_and_reregisters(world: World) -> None:
+def test_home_router_restart_remaps_and_tunnel_comes_back(world: World) -> None:
+    """The router reboots: its port mapping is gone (epoch reset). btmm-map-port maps again by
+    itself; the external endpoint is unchanged, so the DNS records stay as they are (a
+    re-registration is only sent when the mapping changes), and the tunnel carries traffic."""
     assert world.home is not None
     reg = world.stages["home-register"]
-    seen = len(reg.records)
     world.home.restart()
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        reg.poll_records(1.0)
-        if any(r.get("type") == "registration" and r.get("outer") for r in reg.records[seen:]):
-            break
-    else:
-        pytest.fail(f"no re-registration after the router restart: {reg.records[seen:]} {reg.stderr_tail()}")
+    deadline = time.monotonic() + 30
+    while "4500" not in world.home.rules() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert "4500" in world.home.rules(), f"no re-mapping after the router restart: {reg.stderr_tail()}"
+    assert "router restarted" in reg.stderr_files[0].read_text()
     assert dig(world, f"_autotunnel._udp.{HOST_FQDN}", "SRV")[0].split()[2] == "4500"
     up = [r for r in world.stages["cafe-client"].records if r.get("type") == "tunnel"
           and r.get("state") == "up"][-1]
