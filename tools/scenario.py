@@ -256,6 +256,33 @@ class World:
         return stage.wait_for(lambda r: r.get("type") == "server" and r.get("state") == "ready", 20,
                               "server ready record")
 
+    def start_bind(self) -> Path:
+        """BIND 9 (named) instead of btmm-serve, on the same address, with the account's TSIG key."""
+        from tools.account_file import load_account
+        from tools.peers.bind import BindServer, PeerZone, zone_text
+
+        account = load_account(str(self.account_file))
+        zone = PeerZone(name=DOMAIN, key_name=account.tsig_name, key_secret=account.tsig_secret)
+        server = BindServer(zones=[zone], tls=False, address=DNS_ADDR, port=53)
+        d = self.workdir / "bind"
+        d.mkdir(parents=True, exist_ok=True)
+        (d / f"{DOMAIN}.zone").write_text(zone_text(zone))
+        conf = d / "named.conf"
+        conf.write_text(server.config(d))
+        err = open(d / "named.stderr", "wb")
+        self.lab.popen(self.inet_ns, ["named", "-f", "-c", str(conf)], cwd=d, stdout=err,
+                       stderr=subprocess.STDOUT)
+        err.close()
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            proc = self.lab.run(self.inet_ns, ["dig", "+short", "+time=1", "+tries=1", f"@{DNS_ADDR}",
+                                               DOMAIN, "SOA"], check=False)
+            if proc.returncode == 0 and proc.stdout.strip():
+                return conf
+            time.sleep(0.2)
+        raise ScenarioError(f"named did not answer on {DNS_ADDR}: {(d / 'named.log').read_text()[-500:]}"
+                            if (d / "named.log").exists() else f"named did not answer on {DNS_ADDR}")
+
     def start_home_registration(self, *, map_port: bool = True) -> Stage:
         register = [bin_path("btmm-register"), "--host", HOME_LABEL, "--name", HOME_NAME,
                     "--service", f"{SERVICE_TYPE}:{SERVICE_PORT}:path=/", "--model", "btmm-demo", "--json"]
