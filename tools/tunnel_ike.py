@@ -453,6 +453,7 @@ def run_ike_mode(args: argparse.Namespace, datapath: Any, out: Any, stop: thread
     reasons: list[str] = []
     lock = threading.RLock()
     wanted: dict[str, WantedPeer] = {}  # by peer inner ULA
+    closing: dict[int, tuple[WantedPeer, str]] = {}  # handle → peer we closed, and why
     stdin_done = threading.Event()
     esp_keylog = Path(args.keylog) if getattr(args, "keylog", None) else None
     keylog = Path(args.keylog + ".ikev2") if esp_keylog is not None else None
@@ -544,11 +545,13 @@ def run_ike_mode(args: argparse.Namespace, datapath: Any, out: Any, stop: thread
                 peer = wanted.get(inner) if inner else None
                 if peer is None:
                     peer = next((p for p in wanted.values() if p.handle == e.handle), None)
+                closed = closing.pop(e.handle, None)
             if e.established:
                 out.emit(derive(
-                    peer.record if peer is not None else None, "tunnel", state="down",
-                    peer=inner or e.peer_id, inner_remote=inner, outer=ev.fmt_addr(e.peer_addr),
-                    reason=e.reason, message=e.message,
+                    closed[0].record if closed else peer.record if peer is not None else None,
+                    "tunnel", state="down", peer=inner or e.peer_id, inner_remote=inner,
+                    outer=ev.fmt_addr(e.peer_addr), reason="idle" if closed and closed[1] == "idle"
+                    else e.reason, message=f"closed: {closed[1]}" if closed else e.message,
                 ))
             if peer is not None:
                 peer.up = False
@@ -633,15 +636,20 @@ def run_ike_mode(args: argparse.Namespace, datapath: Any, out: Any, stop: thread
     def close_peer(inner: str, why: str) -> None:
         with lock:
             peer = wanted.pop(inner, None)
+            if peer is not None and peer.handle is not None:
+                closing[peer.handle] = (peer, why)
         if peer is not None and peer.handle is not None and service is not None:
             out.explain(f"closing the tunnel to {peer.peer_id}: {why}")
             service.command("close", peer.handle)
 
     def idle_watch() -> None:
         """Close initiated tunnels that carried no traffic for ``idle_timeout`` seconds."""
-        while not stop.wait(min(5.0, max(0.5, idle_timeout / 4))):
+        while not stop.wait(min(2.0, max(0.5, idle_timeout / 4)) if idle_timeout > 0 else 1.0):
             if service is None or service.stopped:
                 return
+            maybe_finish()
+            if idle_timeout <= 0:
+                continue
             counters = {p["inner"]: p for p in datapath.counters().get("peers", [])}
             now = time.monotonic()
             with lock:
@@ -652,7 +660,8 @@ def run_ike_mode(args: argparse.Namespace, datapath: Any, out: Any, stop: thread
                 if total != peer.last_bytes:
                     peer.last_bytes, peer.last_activity = total, now
                 elif now - peer.last_activity >= idle_timeout:
-                    close_peer(peer.inner, f"idle for {idle_timeout:.0f} s")
+                    out.explain(f"{peer.peer_id}: no traffic for {idle_timeout:.0f} s")
+                    close_peer(peer.inner, "idle")
 
     if stdin_records_available():
         threading.Thread(target=read_stdin, daemon=True, name="btmm-stdin").start()
@@ -661,8 +670,7 @@ def run_ike_mode(args: argparse.Namespace, datapath: Any, out: Any, stop: thread
         if not listening:
             raise Fatal("nothing to do: pipe tunnel-endpoint records in (btmm-resolve-tunnel | "
                         "btmm-tunnel-up), or pass --listen or --static-keys FILE")
-    if idle_timeout > 0:
-        threading.Thread(target=idle_watch, daemon=True, name="btmm-idle").start()
+    threading.Thread(target=idle_watch, daemon=True, name="btmm-idle").start()
     publisher = threading.Thread(target=publish_status, args=(args, datapath, stop, service), daemon=True)
     publisher.start()
     service.run(stop)
