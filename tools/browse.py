@@ -27,6 +27,7 @@ from dnssd_wa import driver, errors, names, push_client, watch
 from dnssd_wa.browse import Problem, Service
 from tools.account_file import load_account
 from tools.cli import EXIT_REMOTE, EXIT_USAGE, Fatal, Output, Record, make_parser, make_record, run
+from tools.dns_cli import add_transport_arguments, server_config
 
 PROG = "btmm-browse"
 
@@ -52,15 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--server", metavar="HOST[:PORT]",
                         help="DNS server to ask (default: the account file's server, "
                         "else the system resolver)")
-    transport = parser.add_mutually_exclusive_group()
-    transport.add_argument("--tls", action="store_true", help="DNS over TLS (port 853 by default)")
-    transport.add_argument("--tcp", action="store_true", help="DNS over TCP instead of UDP")
-    parser.add_argument("--ca-file", metavar="FILE",
-                        help="CA certificate(s) for --tls (default: system store)")
-    parser.add_argument("--tls-name", metavar="NAME",
-                        help="--tls: the name the server certificate must hold (default: the --server host)")
-    parser.add_argument("--timeout", type=float, default=3.0, metavar="SECONDS",
-                        help="per-query timeout (default 3)")
+    add_transport_arguments(parser)
     parser.add_argument("--min-interval", type=float, default=1.0, metavar="SECONDS",
                         help="--watch: shortest polling interval (default 1)")
     parser.add_argument("--max-interval", type=float, default=60.0, metavar="SECONDS",
@@ -91,30 +84,6 @@ def services_table(services: list[Service], title: str) -> Table:
     return table
 
 
-def _server_config(args: argparse.Namespace, account_server: str | None) -> driver.ServerConfig:
-    tls = bool(args.tls)
-    transport = driver.Transport.TLS if tls else (driver.Transport.TCP if args.tcp else driver.Transport.UDP)
-    default_port = driver.DOT_PORT if tls else driver.DNS_PORT
-    server = args.server or account_server
-    if not server:
-        import dns.resolver
-
-        try:
-            ns = dns.resolver.Resolver().nameservers
-        except Exception as exc:
-            raise Fatal(f"no --server and no usable system resolver ({exc}); pass --server HOST[:PORT]",
-                        EXIT_USAGE) from None
-        if not ns:
-            raise Fatal("no --server and no nameserver in /etc/resolv.conf; pass --server HOST[:PORT]")
-        server = str(ns[0])
-    try:
-        host, port = driver.parse_hostport(server, default_port)
-    except errors.BadName as exc:
-        raise Fatal(exc.message) from None
-    return driver.ServerConfig(host, port, transport, ca_file=args.ca_file, tls_hostname=args.tls_name,
-                               timeout=args.timeout)
-
-
 def _report(out: Output, problems: list[Problem]) -> None:
     for p in problems:
         out.warn(escape(f"skipped {p.name}: {p.message}"))
@@ -138,7 +107,7 @@ async def main_async(args: argparse.Namespace, out: Output) -> int:
             names.check_service_type(t)
     except errors.BadName as exc:
         raise Fatal(exc.message) from None
-    config = _server_config(args, account_server)
+    config = server_config(args, account_server)
     client = driver.DnsClient(config, explain=verbose_hook(out))
     try:
         if args.domains:

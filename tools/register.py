@@ -48,6 +48,7 @@ from tools.cli import (
     run,
     stdin_records_available,
 )
+from tools.dns_cli import add_transport_arguments
 
 PROG = "btmm-register"
 ONCE_ATTEMPTS = 3
@@ -74,18 +75,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="update server (default: the account file's, then SRV _dns-update-tls._tcp)")
     parser.add_argument("--resolver", metavar="HOST[:PORT]",
                         help="DNS server to ask for the _dns-update-tls._tcp SRV (default: system resolver)")
-    transport = parser.add_mutually_exclusive_group()
-    transport.add_argument("--tls", action="store_true", help="DNS over TLS (port 853 by default)")
-    transport.add_argument("--tcp", action="store_true", help="DNS over TCP instead of UDP")
-    parser.add_argument("--ca-file", metavar="FILE",
-                        help="CA certificate(s) for --tls (default: system store)")
-    parser.add_argument("--tls-name", metavar="NAME",
-                        help="--tls: the name the server certificate must hold (default: the --server host)")
+    add_transport_arguments(parser, timeout_help="per-request")
     parser.add_argument("--lease", type=int, default=update.DEFAULT_LEASE, metavar="SECONDS",
                         help="Update Lease to ask for (RFC 9664; default 7200)")
     parser.add_argument("--once", action="store_true", help="register once and exit (records stay)")
-    parser.add_argument("--timeout", type=float, default=3.0, metavar="SECONDS",
-                        help="per-request timeout (default 3)")
     return parser
 
 

@@ -28,7 +28,6 @@ from rich.table import Table
 from dnssd_wa import driver, errors, names
 from dnssd_wa.browse import Problem, TunnelEndpoint, TunnelPlan
 from tools.account_file import Account, load_account, state_dir
-from tools.browse import _server_config
 from tools.cli import (
     EXIT_REMOTE,
     EXIT_USAGE,
@@ -42,6 +41,7 @@ from tools.cli import (
     run,
     stdin_records_available,
 )
+from tools.dns_cli import add_transport_arguments, server_config
 
 PROG = "btmm-resolve-tunnel"
 
@@ -61,14 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="this host's state dir (to recognise our own ULA; default as other tools)")
     parser.add_argument("--server", metavar="HOST[:PORT]",
                         help="DNS server to ask (default: the account file's server)")
-    transport = parser.add_mutually_exclusive_group()
-    transport.add_argument("--tls", action="store_true", help="DNS over TLS (port 853 by default)")
-    transport.add_argument("--tcp", action="store_true", help="DNS over TCP instead of UDP")
-    parser.add_argument("--ca-file", metavar="FILE", help="CA certificate(s) for --tls")
-    parser.add_argument("--tls-name", metavar="NAME",
-                        help="name the server's certificate must carry (default: the server host)")
-    parser.add_argument("--timeout", type=float, default=3.0, metavar="SECONDS",
-                        help="per-query timeout (default 3)")
+    add_transport_arguments(parser)
     return parser
 
 
@@ -163,7 +156,7 @@ async def main_async(args: argparse.Namespace, out: Output) -> int:
     except errors.BadName as exc:
         raise Fatal(exc.message) from None
     mine = own_ula(account, args.state_dir)
-    client = driver.DnsClient(_server_config(args, account.server),
+    client = driver.DnsClient(server_config(args, account.server),
                               explain=(lambda m: out.explain(escape(m))) if out.verbose else None)
     seen: set[dns.name.Name] = set()
 

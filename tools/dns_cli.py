@@ -1,0 +1,46 @@
+"""Flags and server selection shared by the commands that talk DNS (browse, register, resolve)."""
+
+from __future__ import annotations
+
+import argparse
+
+from dnssd_wa import driver, errors
+from tools.cli import EXIT_USAGE, Fatal
+
+
+def add_transport_arguments(parser: argparse.ArgumentParser, *, timeout_help: str = "per-query") -> None:
+    """``--tls``/``--tcp``, ``--ca-file``, ``--tls-name``, ``--timeout``."""
+    transport = parser.add_mutually_exclusive_group()
+    transport.add_argument("--tls", action="store_true", help="DNS over TLS (port 853 by default)")
+    transport.add_argument("--tcp", action="store_true", help="DNS over TCP instead of UDP")
+    parser.add_argument("--ca-file", metavar="FILE",
+                        help="CA certificate(s) for --tls (default: system store)")
+    parser.add_argument("--tls-name", metavar="NAME",
+                        help="--tls: the name the server certificate must hold (default: the --server host)")
+    parser.add_argument("--timeout", type=float, default=3.0, metavar="SECONDS",
+                        help=f"{timeout_help} timeout (default 3)")
+
+
+def server_config(args: argparse.Namespace, account_server: str | None) -> driver.ServerConfig:
+    """The DNS server to ask: ``--server``, else the account's, else the system resolver."""
+    tls = bool(args.tls)
+    transport = driver.Transport.TLS if tls else (driver.Transport.TCP if args.tcp else driver.Transport.UDP)
+    default_port = driver.DOT_PORT if tls else driver.DNS_PORT
+    server = args.server or account_server
+    if not server:
+        import dns.resolver
+
+        try:
+            ns = dns.resolver.Resolver().nameservers
+        except Exception as exc:
+            raise Fatal(f"no --server and no usable system resolver ({exc}); pass --server HOST[:PORT]",
+                        EXIT_USAGE) from None
+        if not ns:
+            raise Fatal("no --server and no nameserver in /etc/resolv.conf; pass --server HOST[:PORT]")
+        server = str(ns[0])
+    try:
+        host, port = driver.parse_hostport(server, default_port)
+    except errors.BadName as exc:
+        raise Fatal(exc.message) from None
+    return driver.ServerConfig(host, port, transport, ca_file=args.ca_file, tls_hostname=args.tls_name,
+                               timeout=args.timeout)
