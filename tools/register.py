@@ -32,7 +32,7 @@ from rich.table import Table
 import ula
 from dnssd_wa import driver, errors, names, records, update
 from dnssd_wa.errors import DnssdError, TransportFailed, UpdateFailed
-from tools.account_file import Host, load_host
+from tools.account_file import Host, load_host, state_dir
 from tools.browse import verbose_hook
 from tools.cli import (
     EXIT_OK,
@@ -49,6 +49,8 @@ from tools.cli import (
     stdin_records_available,
 )
 from tools.dns_cli import add_transport_arguments
+from tools.status_file import clear as clear_status
+from tools.status_file import publish as publish_status
 
 PROG = "btmm-register"
 ONCE_ATTEMPTS = 3
@@ -219,7 +221,13 @@ class Registrar:
                                  "the records do not expire there; they stay until this command removes "
                                  "them on exit"))
         self.refresh.registered(time.time(), granted, random.random())
-        self.out.emit(self._record(state, rrsets, granted, ms, source))
+        record = self._record(state, rrsets, granted, ms, source)
+        self.out.emit(record)
+        if not self.args.once:  # a long-running registration shows in btmm-status
+            publish_status(state_dir(self.args.state_dir), "registration", {
+                k: record[k] for k in ("state", "server", "zone", "host", "instance", "outer",
+                                       "lease_requested", "lease_granted")
+            } | {"records": len(rrsets), "registered_at": time.time()})
 
     async def remove(self) -> None:
         if not self.registered:
@@ -229,6 +237,7 @@ class Registrar:
         self.out.emit(self._record("removed", tuple(r for r in rrsets if not r.shared or r.removable),
                                    None, ms, None))
         self.registered = ()
+        clear_status(state_dir(self.args.state_dir), "registration")
 
     def _record(self, state: str, rrsets: tuple[records.RRSet, ...], granted: int | None, ms: float,
                 source: Record | None) -> Record:

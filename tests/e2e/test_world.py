@@ -8,6 +8,7 @@ tunnel process restarts, the home router reboots, the iMac shuts down cleanly.
 
 from __future__ import annotations
 
+import json
 import subprocess
 import time
 from collections.abc import Iterator
@@ -17,7 +18,7 @@ from typing import Any
 import pytest
 
 from tools.netns import Lab
-from tools.scenario import DNS_ADDR, DOMAIN, HOME_LABEL, SERVICE_TYPE, Stage, World
+from tools.scenario import DNS_ADDR, DOMAIN, HOME_LABEL, SERVICE_TYPE, Stage, World, bin_path
 
 pytestmark = [pytest.mark.netns, pytest.mark.peer]
 
@@ -83,10 +84,32 @@ def test_cafe_reaches_home_service_through_two_nats(world: World) -> None:
     assert home_up["spi_in"] == up["spi_out"] and home_up["spi_out"] == up["spi_in"]
     body, _ttfb = world.fetch(up["inner_remote"])
     assert "hello from Bob’s iMac via fd" in body
+    check_status(world, up["inner_local"])
     time.sleep(0.5)
     world.lab.stop(dump)
     assert capture.exists(), dump_log.read_text()
     check_capture(capture, secret=b"hello from Bob")
+
+
+def check_status(world: World, laptop_ula: str) -> None:
+    """btmm-status on the iMac shows its mapping, its registration and the tunnel with counters."""
+    deadline = time.monotonic() + 5
+    while True:
+        proc = subprocess.run([bin_path("btmm-status"), "--json"], env=world.env("home"), capture_output=True,
+                              text=True, check=False)
+        status = {r["component"]: r for r in map(json.loads, proc.stdout.splitlines())}
+        tunnels = status.get("tunnels", {}).get("tunnels", [])
+        if (len(status) == 3 and tunnels and tunnels[0].get("counters", {}).get("packets_in", 0) > 0) \
+                or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert proc.returncode == 0, proc.stderr
+    assert set(status) == {"port-mapping", "registration", "tunnels"}, status
+    assert not any(s["stale"] for s in status.values())
+    registration = status["registration"]
+    assert registration["state"] == "registered" and registration["outer"] == "198.18.1.2:4500"
+    assert status["port-mapping"]["external_port"] == 4500
+    assert tunnels[0]["peer"] == laptop_ula and tunnels[0]["counters"]["packets_in"] > 0, tunnels
 
 
 def check_capture(path: Path, secret: bytes) -> None:
