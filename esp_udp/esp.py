@@ -46,11 +46,14 @@ from esp_udp.sa import SALT_LEN, Suite
 ESP_HEADER = struct.Struct("!II")
 _HEADER_IV = struct.Struct("!IIQ")  # SPI, sequence number, IV (= 64-bit counter)
 _NONCE = struct.Struct("!IQ")  # salt ‖ IV
+_AAD_NONCE = struct.Struct("!IIIQ")  # SPI, sequence number (the AAD) ‖ salt, IV (the nonce)
+_U64 = struct.Struct("!Q")
 HEADER_LEN = 8
 IV_LEN = 8
 ICV_LEN = 16
 TRAILER_MIN = 2  # pad length + next header
 MIN_PACKET = HEADER_LEN + IV_LEN + TRAILER_MIN + ICV_LEN
+_SEAL_EXTRA = HEADER_LEN + IV_LEN + ICV_LEN
 OVERHEAD_MAX = HEADER_LEN + IV_LEN + 3 + TRAILER_MIN + ICV_LEN  # with 4-byte alignment
 
 NH_IPV4 = 4
@@ -62,6 +65,19 @@ SOFT_SEQ_LIMIT = HARD_SEQ_LIMIT - (1 << 24)
 
 _PAD = bytes(range(1, 256))
 _ALIGN = 4
+
+# Precomputed trailers for the hot path: _TRAILERS[next_header][length & 3] is the whole
+# padding ‖ pad length ‖ next header for an inner packet of ``length`` bytes (4-byte
+# alignment: lengths ≡ 0, 1, 2, 3 mod 4 take 2, 1, 0, 3 pad bytes).
+_TRAILERS: dict[int, tuple[bytes, bytes, bytes, bytes]] = {
+    nh: (bytes((1, 2, 2, nh)), bytes((1, 1, nh)), bytes((0, nh)), bytes((1, 2, 3, 3, nh)))
+    for nh in range(256)
+}
+# Padding check on one 64-bit word holding the last 8 plaintext bytes (pad length ≤ 6):
+# the ``pad`` bytes before the pad-length byte must be 1, 2, .., pad.
+_FAST_PAD_MAX = 6
+_PAD_MASK = tuple((1 << (8 * p)) - 1 for p in range(_FAST_PAD_MAX + 1))
+_PAD_WANT = tuple(int.from_bytes(_PAD[:p], "big") for p in range(_FAST_PAD_MAX + 1))
 
 Aead = AESGCM | ChaCha20Poly1305
 
@@ -98,7 +114,8 @@ def sealed_len(payload_len: int) -> int:
 class OutboundSA:
     """The sending half of an SA: numbers, pads and seals inner packets."""
 
-    __slots__ = ("_aead", "_salt", "_salt_int", "hard_limit", "seq", "soft_limit", "spi", "suite")
+    __slots__ = ("_aad", "_aead", "_encrypt_into", "_nonce", "_salt", "_salt_int", "_scratch", "hard_limit",
+                 "seq", "soft_limit", "spi", "suite")
 
     def __init__(self, spi: int, suite: Suite, keymat: bytes, *, soft_limit: int = SOFT_SEQ_LIMIT,
                  hard_limit: int = HARD_SEQ_LIMIT) -> None:
@@ -108,6 +125,13 @@ class OutboundSA:
         self.suite = suite
         self._aead, self._salt = make_aead(suite, keymat)
         self._salt_int = int.from_bytes(self._salt, "big")
+        self._encrypt_into = self._aead.encrypt_into
+        # AAD (SPI ‖ seq) and nonce (salt ‖ IV) of the packet being sealed, rewritten in place
+        # by one pack_into per packet; the two views are made once.
+        self._scratch = bytearray(_AAD_NONCE.size)
+        view = memoryview(self._scratch)
+        self._aad = view[:HEADER_LEN]
+        self._nonce = view[HEADER_LEN:]
         self.seq = 0  # the last sequence number used
         self.soft_limit = soft_limit
         self.hard_limit = hard_limit
@@ -146,27 +170,27 @@ class OutboundSA:
 
         ``buf`` (a writable memoryview) must have 5 spare bytes after ``length`` (the
         trailer is written there) and ``out`` room for :func:`sealed_len`. Hot path of the
-        datapath: one nonce allocation, everything else written in place.
+        datapath: no allocation besides two memoryview slices — the trailer comes from a
+        table, AAD and nonce are packed into per-SA scratch with one ``pack_into``.
         """
-        pad = -(length + TRAILER_MIN) & 3
-        end = length + pad + TRAILER_MIN
-        total = end + HEADER_LEN + IV_LEN + ICV_LEN
-        seq = self.seq
-        if seq >= self.hard_limit:
+        seq = self.seq + 1
+        if seq > self.hard_limit:
             self._next_seq()  # raises SequenceExhaustedError
         try:
-            if pad:
-                buf[length:length + pad] = _PAD[:pad]
-            buf[end - 2] = pad
-            buf[end - 1] = next_header
-            _HEADER_IV.pack_into(out, 0, self.spi, seq + 1, seq + 1)
-            self._aead.encrypt_into(_NONCE.pack(self._salt_int, seq + 1), buf[:end],
-                                    out[:HEADER_LEN], out[HEADER_LEN + IV_LEN:total])
+            trailer = _TRAILERS[next_header][length & 3]
+        except KeyError:
+            raise ConfigError(f"next header {next_header} is not a protocol number") from None
+        end = length + len(trailer)
+        try:
+            buf[length:end] = trailer
+            _HEADER_IV.pack_into(out, 0, self.spi, seq, seq)
+            _AAD_NONCE.pack_into(self._scratch, 0, self.spi, seq, self._salt_int, seq)
+            self._encrypt_into(self._nonce, buf[:end], self._aad, out[HEADER_LEN + IV_LEN:end + _SEAL_EXTRA])
         except (ValueError, IndexError, struct.error):  # buffers too small for this packet
             raise DecodeError(f"inner packet of {length} bytes does not fit the buffers",
                               DropReason.TOO_BIG) from None
-        self.seq = seq + 1
-        return total
+        self.seq = seq
+        return end + _SEAL_EXTRA
 
 
 @dataclass(frozen=True)
@@ -181,13 +205,14 @@ class Opened:
 class InboundSA:
     """The receiving half of an SA: replay window, verification, trailer checks."""
 
-    __slots__ = ("_aead", "_salt", "_salt_int", "replay", "spi", "suite")
+    __slots__ = ("_aead", "_decrypt_into", "_salt", "_salt_int", "replay", "spi", "suite")
 
     def __init__(self, spi: int, suite: Suite, keymat: bytes, *, window: int = DEFAULT_WINDOW) -> None:
         self.spi = spi
         self.suite = suite
         self._aead, self._salt = make_aead(suite, keymat)
         self._salt_int = int.from_bytes(self._salt, "big")
+        self._decrypt_into = self._aead.decrypt_into
         self.replay = ReplayWindow(window)
 
     def open(self, packet: bytes | bytearray | memoryview) -> Opened:
@@ -211,27 +236,39 @@ class InboundSA:
         if spi != self.spi:
             raise UnknownSpiError(f"packet SPI {spi:08x} is not this SA's {self.spi:08x}")
         replay = self.replay
-        if seq <= replay.top:
+        top = replay.top
+        if seq <= top:
             replay.check(seq)
-        ptlen = n - HEADER_LEN - IV_LEN - ICV_LEN
-        if len(out) < ptlen:
-            raise DecodeError(f"ESP packet of {n} bytes does not fit the buffer", DropReason.TOO_BIG)
+        ptlen = n - _SEAL_EXTRA
         try:
-            self._aead.decrypt_into(_NONCE.pack(self._salt_int, iv), packet[HEADER_LEN + IV_LEN:],
-                                    packet[:HEADER_LEN], out[:ptlen])
+            self._decrypt_into(_NONCE.pack(self._salt_int, iv), packet[HEADER_LEN + IV_LEN:],
+                               packet[:HEADER_LEN], out[:ptlen])
         except InvalidTag:
             raise AuthenticationError(f"ICV check failed for SPI {spi:08x} seq {seq}") from None
-        top = replay.top
+        except ValueError:  # cryptography: "buffer must be N bytes" (out is too short)
+            raise DecodeError(f"ESP packet of {n} bytes does not fit the buffer",
+                              DropReason.TOO_BIG) from None
+        # Authentic: only now may the window move (``top`` is unchanged since the pre-check,
+        # only this thread touches the window).
         if seq > top:  # the common case, inlined: slide the window
             shift = seq - top
             replay.bitmap = (((replay.bitmap << shift) | 1) & replay.mask) if shift < replay.size else 1
             replay.top = seq
         else:
             replay.update(seq)
-        pad = out[ptlen - 2]
-        next_header = out[ptlen - 1]
-        length = ptlen - TRAILER_MIN - pad
-        if pad and (length < 0 or out[length:ptlen - TRAILER_MIN] != _PAD[:pad]):
+        if ptlen >= 8:  # trailer and up to 6 pad bytes from one 64-bit word
+            word = _U64.unpack_from(out, ptlen - 8)[0]
+            pad = (word >> 8) & 0xFF
+            next_header = word & 0xFF
+            if pad > _FAST_PAD_MAX:
+                bad = _bad_padding(out, ptlen, pad)
+            else:
+                bad = (word >> 16) & _PAD_MASK[pad] != _PAD_WANT[pad]
+        else:
+            pad = out[ptlen - 2]
+            next_header = out[ptlen - 1]
+            bad = _bad_padding(out, ptlen, pad)
+        if bad:
             raise DecodeError(f"bad padding (pad length {pad}) in SPI {spi:08x} seq {seq}",
                               DropReason.BAD_PADDING)
         if next_header != NH_IPV6 and next_header != NH_IPV4:
@@ -239,4 +276,10 @@ class InboundSA:
                 raise DecodeError("dummy packet (next header 59)", DropReason.DUMMY)
             raise DecodeError(f"next header {next_header} is not IPv6 or IPv4",
                               DropReason.BAD_NEXT_HEADER)
-        return seq, next_header, length
+        return seq, next_header, ptlen - TRAILER_MIN - pad
+
+
+def _bad_padding(out: memoryview, ptlen: int, pad: int) -> bool:
+    """True unless the ``pad`` bytes before the trailer are 1, 2, .., pad (general case)."""
+    length = ptlen - TRAILER_MIN - pad
+    return bool(pad) and (length < 0 or out[length:ptlen - TRAILER_MIN] != _PAD[:pad])

@@ -197,3 +197,70 @@ def test_random_bytes_raise_only_esp_errors(data: bytes) -> None:
         inb.open(packet)
     with pytest.raises(EspError):
         inb.open(data)
+
+
+@pytest.mark.parametrize("next_header", [4, 41, 59, 0, 255])
+def test_seal_into_equals_seal_for_every_length_residue(next_header: int) -> None:
+    # seal_into writes a precomputed trailer (padding ‖ pad length ‖ next header) and
+    # packs AAD and nonce into per-SA scratch; it must produce the very bytes seal() does.
+    suite = Suite.AES128GCM16
+    keymat = os.urandom(suite.keymat_len)
+    plain, fast = OutboundSA(SPI, suite, keymat), OutboundSA(SPI, suite, keymat)
+    pbuf = memoryview(bytearray(200))
+    obuf = memoryview(bytearray(300))
+    for size in range(0, 60):
+        payload = os.urandom(size)
+        pbuf[:size] = payload
+        length = fast.seal_into(obuf, pbuf, size, next_header)
+        assert bytes(obuf[:length]) == plain.seal(payload, next_header)
+        assert fast.seq == plain.seq == size + 1
+
+
+@pytest.mark.parametrize("next_header", [-1, 256])
+def test_seal_into_rejects_impossible_next_header(next_header: int) -> None:
+    out, _ = pair(Suite.AES128GCM16)
+    with pytest.raises(EspError):
+        out.seal_into(memoryview(bytearray(200)), memoryview(bytearray(200)), 10, next_header)
+    assert out.seq == 0
+
+
+@pytest.mark.parametrize("payload_len", [0, 1, 5, 6, 40, 300])
+def test_every_pad_length_checked_in_open(payload_len: int) -> None:
+    # open_into checks pad lengths up to 6 on one 64-bit word and longer ones (or short
+    # plaintexts) byte-wise: both paths must accept exactly the padding 1, 2, .., n.
+    suite = Suite.AES128GCM16
+    keymat = os.urandom(suite.keymat_len)
+    inb = InboundSA(SPI, suite, keymat)
+    payload = os.urandom(payload_len)
+    seq = 0
+    for pad in range(0, 256):
+        padding = bytes(range(1, pad + 1))
+        seq += 1
+        packet = _sealed_with_trailer(suite, keymat, seq, payload + padding + bytes((pad, NH_IPV6)))
+        opened = inb.open(packet)
+        assert (opened.payload, opened.seq) == (payload, seq)
+        for index in range(min(pad, 8)):  # corrupt each of the last pad bytes in turn
+            bad = bytearray(padding)
+            bad[-1 - index] ^= 0x80
+            seq += 1
+            packet = _sealed_with_trailer(suite, keymat, seq, payload + bad + bytes((pad, NH_IPV6)))
+            with pytest.raises(DecodeError) as info:
+                inb.open(packet)
+            assert info.value.reason is DropReason.BAD_PADDING
+    # a pad length longer than what precedes it is bad on both paths
+    for pad in (min(payload_len + 1, 255), 255):
+        seq += 1
+        packet = _sealed_with_trailer(suite, keymat, seq, payload + bytes((pad, NH_IPV6)))
+        with pytest.raises(DecodeError) as info:
+            inb.open(packet)
+        assert info.value.reason is DropReason.BAD_PADDING
+
+
+def test_open_into_output_too_small_is_too_big_and_window_untouched() -> None:
+    out, inb = pair(Suite.AES256GCM16)
+    packet = memoryview(out.seal(bytes(100)))
+    with pytest.raises(DecodeError) as info:
+        inb.open_into(packet, memoryview(bytearray(103)))  # needs 100 + 2 + 2
+    assert info.value.reason is DropReason.TOO_BIG and inb.replay.top == 0
+    seq, _, length = inb.open_into(packet, memoryview(bytearray(104)))
+    assert (seq, length) == (1, 100)
