@@ -31,16 +31,15 @@ import struct
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import dns.exception
 import dns.message
 import dns.name
 import dns.rcode
 import dns.rdatatype
-import dns.resolver
-import dns.update
 
-from dnssd_wa import errors, names, update
+from dnssd_wa import errors, names
 from dnssd_wa.browse import (
     BrowsePlan,
     Plan,
@@ -52,7 +51,13 @@ from dnssd_wa.browse import (
     TunnelPlan,
 )
 from dnssd_wa.errors import Failure, TransportFailed, UpdateFailed
-from dnssd_wa.records import RRSet
+
+if TYPE_CHECKING:
+    # updates (and the system resolver) are not on a browse's path: imported where used
+    import dns.update
+
+    from dnssd_wa import update
+    from dnssd_wa.records import RRSet
 
 Explain = Callable[[str], None]
 
@@ -383,6 +388,8 @@ async def send_update(client: DnsClient, msg: dns.update.UpdateMessage, key: upd
                       *, zone: str, now: float | None = None,
                       rrsets: tuple[RRSet, ...] = ()) -> update.Reply:
     """Sign at ``now`` (default: the clock), send, and raise UpdateFailed on a refusal."""
+    from dnssd_wa import update
+
     signing_time = int(time.time() if now is None else now)
     msg.id = client.new_id()
     signed = update.sign(msg, key, signing_time)
@@ -414,6 +421,8 @@ async def send_update(client: DnsClient, msg: dns.update.UpdateMessage, key: upd
 
 async def _largest_after(client: DnsClient, rrsets: tuple[RRSet, ...]) -> tuple[str, int] | None:
     """After a SERVFAIL: how big each shared RRset would have become."""
+    from dnssd_wa import update
+
     best: tuple[str, int] | None = None
     for owner, adding in update.largest_shared_rrset(rrsets):
         try:
@@ -499,8 +508,10 @@ async def discover_update_server(domain: dns.name.Name,
     """
     qname = names.child([b"_dns-update-tls", b"_tcp"], domain)
     if resolver is None:
+        from dns.resolver import Resolver  # not `import dns.resolver`: that would make `dns` local
+
         try:
-            ns = dns.resolver.Resolver().nameservers
+            ns = Resolver().nameservers
         except dns.exception.DNSException as exc:
             raise errors.unreachable("system resolver", str(exc)) from None
         if not ns:

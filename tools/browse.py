@@ -11,23 +11,20 @@ emits records with ``"event": "added"`` / ``"removed"`` until SIGINT/SIGTERM.
 from __future__ import annotations
 
 import argparse
-import asyncio
-import signal
-import sys
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import dns.name
-from rich.console import Console
-from rich.markup import escape
-from rich.table import Table
-
-from dnssd_wa import browse as plans
-from dnssd_wa import driver, errors, names, push_client, watch
-from dnssd_wa.browse import Problem, Service
-from tools.account_file import load_account
 from tools.cli import EXIT_REMOTE, EXIT_USAGE, Fatal, Output, Record, make_parser, make_record, run
 from tools.dns_cli import add_transport_arguments, server_config
+
+if TYPE_CHECKING:
+    # Imported where used: ``--help`` needs none of them, a JSON browse never loads rich,
+    # push_client/watch or the account file (measured: 0.23 s → see bench/dnssd_bench.py).
+    import dns.name
+    from rich.table import Table
+
+    from dnssd_wa import driver
+    from dnssd_wa.browse import Problem, Service
 
 PROG = "btmm-browse"
 
@@ -65,6 +62,8 @@ def verbose_hook(out: Output) -> Callable[[str], None] | None:
     """``--verbose``: each DNS question and answer as a timed line (names escaped for rich)."""
     if not out.verbose:
         return None
+    from rich.markup import escape
+
     return lambda message: out.explain(escape(message))
 
 
@@ -75,6 +74,8 @@ def service_record(svc: Service, **extra: Any) -> Record:
 
 
 def services_table(services: list[Service], title: str) -> Table:
+    from rich.table import Table
+
     table = Table(title=title, title_justify="left")
     for col in ("instance", "type", "host", "port", "addresses", "txt"):
         table.add_column(col)
@@ -85,11 +86,18 @@ def services_table(services: list[Service], title: str) -> Table:
 
 
 def _report(out: Output, problems: list[Problem]) -> None:
+    if not problems:
+        return
+    from rich.markup import escape
+
     for p in problems:
         out.warn(escape(f"skipped {p.name}: {p.message}"))
 
 
 async def main_async(args: argparse.Namespace, out: Output) -> int:
+    from dnssd_wa import driver, errors, names
+    from tools.account_file import load_account
+
     account_server = None
     if args.domain:
         domain_text = args.domain
@@ -119,6 +127,8 @@ async def main_async(args: argparse.Namespace, out: Output) -> int:
                 return out.exit_code()
             types = found
             if not types:
+                from rich.markup import escape
+
                 out.warn(escape(f"no service types listed under _services._dns-sd._udp."
                                 f"{names.name_text(domain)}; pass -t TYPE"))
                 return out.exit_code()
@@ -130,6 +140,10 @@ async def main_async(args: argparse.Namespace, out: Output) -> int:
             for svc in services:
                 out.emit(service_record(svc))
         else:
+            import sys
+
+            from rich.console import Console
+
             Console(file=sys.stdout, highlight=False).print(
                 services_table(services, f"{len(services)} services in {names.name_text(domain)}"))
         return out.exit_code()
@@ -140,6 +154,9 @@ async def main_async(args: argparse.Namespace, out: Output) -> int:
 
 
 async def _list_domains(client: driver.DnsClient, domain: dns.name.Name, out: Output) -> int:
+    from dnssd_wa import browse as plans
+    from dnssd_wa import driver, names
+
     owners = plans.enumeration_names(domain)
     targets, problems = await driver.ptr_lists(client, owners)
     _report(out, problems)
@@ -152,6 +169,11 @@ async def _list_domains(client: driver.DnsClient, domain: dns.name.Name, out: Ou
 
 async def _list_types(client: driver.DnsClient, domain: dns.name.Name, out: Output, *,
                       emit: bool) -> list[str]:
+    from rich.markup import escape
+
+    from dnssd_wa import browse as plans
+    from dnssd_wa import driver, errors, names
+
     owner = plans.services_name(domain)
     targets, problems = await driver.ptr_lists(client, [owner])
     _report(out, problems)
@@ -174,6 +196,13 @@ async def _list_types(client: driver.DnsClient, domain: dns.name.Name, out: Outp
 
 async def _watch(client: driver.DnsClient, domain: dns.name.Name, types: list[str],
                  args: argparse.Namespace, out: Output) -> int:
+    import asyncio
+    import signal
+
+    from rich.markup import escape
+
+    from dnssd_wa import driver, push_client, watch
+
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -206,6 +235,8 @@ def main_body(argv: list[str] | None = None) -> int:
     out = Output.from_args(PROG, args)
     if args.min_interval <= 0 or args.max_interval < args.min_interval:
         raise Fatal("--min-interval must be > 0 and <= --max-interval")
+    import asyncio
+
     return asyncio.run(main_async(args, out))
 
 

@@ -29,10 +29,10 @@ import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import IO, Any, NoReturn, TextIO
+from typing import IO, TYPE_CHECKING, Any, NoReturn, TextIO
 
-from rich.console import Console, RenderableType
-from rich.table import Table
+if TYPE_CHECKING:  # rich costs ~25 ms to import: only loaded when something is rendered
+    from rich.console import Console, RenderableType
 
 EXIT_OK = 0
 EXIT_PARTIAL = 1
@@ -52,7 +52,7 @@ EXIT_CODES_HELP = """exit codes:
 RECORD_VERSION = 1
 
 Record = dict[str, Any]
-Renderer = Callable[[Record], RenderableType | None]
+Renderer = Callable[[Record], "RenderableType | None"]
 
 
 class Fatal(Exception):
@@ -134,8 +134,8 @@ class Output:
     verbose: bool = False
     renderer: Renderer | None = None
     stdout: TextIO = field(default_factory=lambda: sys.stdout)
-    console: Console = field(default_factory=lambda: Console(stderr=True, highlight=False))
     out_console: Console | None = None
+    _console: Console | None = None
     errors: int = 0
     emitted: int = 0
     _t0: float = field(default_factory=time.monotonic)
@@ -153,6 +153,15 @@ class Output:
         return cls(stage=stage, json_mode=json_mode, verbose=bool(getattr(args, "verbose", False)),
                    renderer=renderer)
 
+    @property
+    def console(self) -> Console:
+        """The stderr console (log/explain/warn lines), created on first use."""
+        if self._console is None:
+            from rich.console import Console
+
+            self._console = Console(stderr=True, highlight=False)
+        return self._console
+
     def emit(self, record: Record) -> None:
         """Write one record (JSON line or rich rendering)."""
         self.emitted += 1
@@ -163,6 +172,8 @@ class Output:
             self.stdout.flush()
             return
         if self.out_console is None:
+            from rich.console import Console
+
             self.out_console = Console(file=self.stdout, highlight=False)
         renderable = None
         if record.get("type") == "error":
@@ -192,6 +203,8 @@ class Output:
 
 def default_render(record: Record) -> RenderableType:
     """A two-column table of a record's fields."""
+    from rich.table import Table
+
     table = Table(title=str(record.get("type", "record")), show_header=False, title_justify="left")
     table.add_column("field", style="bold cyan")
     table.add_column("value")

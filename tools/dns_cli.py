@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
 
-from dnssd_wa import driver, errors
 from tools.cli import EXIT_USAGE, Fatal
+
+if TYPE_CHECKING:  # the DNS stack is imported when a server is chosen, not for --help
+    from dnssd_wa import driver
 
 
 def add_transport_arguments(parser: argparse.ArgumentParser, *, timeout_help: str = "per-query") -> None:
@@ -23,6 +26,8 @@ def add_transport_arguments(parser: argparse.ArgumentParser, *, timeout_help: st
 
 def server_config(args: argparse.Namespace, account_server: str | None) -> driver.ServerConfig:
     """The DNS server to ask: ``--server``, else the account's, else the system resolver."""
+    from dnssd_wa import driver, errors
+
     tls = bool(args.tls)
     transport = driver.Transport.TLS if tls else (driver.Transport.TCP if args.tcp else driver.Transport.UDP)
     default_port = driver.DOT_PORT if tls else driver.DNS_PORT

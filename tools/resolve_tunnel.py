@@ -15,19 +15,12 @@ error record that says why — no tunnel, so no plaintext fallback either.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import ipaddress
 import sys
 import time
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
-import dns.name
-from rich.markup import escape
-from rich.table import Table
-
-from dnssd_wa import driver, errors, names
-from dnssd_wa.browse import Problem, TunnelEndpoint, TunnelPlan
-from tools.account_file import Account, load_account, state_dir
 from tools.cli import (
     EXIT_REMOTE,
     EXIT_USAGE,
@@ -42,6 +35,15 @@ from tools.cli import (
     stdin_records_available,
 )
 from tools.dns_cli import add_transport_arguments, server_config
+
+if TYPE_CHECKING:
+    # imported where used, so that --help and the pipeline stage start fast (no rich in a pipe)
+    import dns.name
+    from rich.table import Table
+
+    from dnssd_wa import driver
+    from dnssd_wa.browse import Problem, TunnelEndpoint
+    from tools.account_file import Account
 
 PROG = "btmm-resolve-tunnel"
 
@@ -67,7 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def own_ula(account: Account, state_arg: str | None) -> ipaddress.IPv6Address | None:
     """This host's ULA when it already has an identity (never creates one)."""
-    from tools.account_file import load_or_create_identity
+    from tools.account_file import load_or_create_identity, state_dir
 
     directory = state_dir(state_arg)
     if not (directory / "identity.key").exists():
@@ -79,6 +81,8 @@ def own_ula(account: Account, state_arg: str | None) -> ipaddress.IPv6Address | 
 
 def host_name(text: str, domain: dns.name.Name) -> dns.name.Name:
     """A label becomes ``label.<domain>``; a name with dots is taken as given."""
+    from dnssd_wa import errors, names
+
     t = text.strip().rstrip(".")
     if not t:
         raise errors.BadName("empty host name")
@@ -88,6 +92,8 @@ def host_name(text: str, domain: dns.name.Name) -> dns.name.Name:
 
 
 def render(record: Record) -> Table:
+    from rich.table import Table
+
     table = Table(title=f"tunnel endpoint of {record.get('host')}", show_header=True, title_justify="left")
     table.add_column("step")
     table.add_column("question")
@@ -120,6 +126,11 @@ async def resolve_strict(client: driver.DnsClient,
                          name: dns.name.Name) -> tuple[TunnelEndpoint, list[Problem]]:
     """Like ``driver.resolve_tunnel_endpoint`` but a server that cannot be reached is fatal
     (TransportFailed propagates) instead of a per-host problem."""
+    import asyncio
+
+    from dnssd_wa import errors
+    from dnssd_wa.browse import TunnelPlan
+
     plan = TunnelPlan(name)
     while questions := plan.questions():
         results = await asyncio.gather(*(client.query(q.name, q.rdtype) for q in questions),
@@ -149,7 +160,18 @@ async def resolve_one(client: driver.DnsClient, name: dns.name.Name, source: Rec
                   resolve_ms=ms)
 
 
+def _escape(text: str) -> str:
+    from rich.markup import escape
+
+    return escape(text)
+
+
 async def main_async(args: argparse.Namespace, out: Output) -> int:
+    import asyncio
+
+    from dnssd_wa import driver, errors, names
+    from tools.account_file import load_account
+
     account = load_account(args.account)
     try:
         domain = names.domain_name(account.domain)
@@ -157,7 +179,7 @@ async def main_async(args: argparse.Namespace, out: Output) -> int:
         raise Fatal(exc.message) from None
     mine = own_ula(account, args.state_dir)
     client = driver.DnsClient(server_config(args, account.server),
-                              explain=(lambda m: out.explain(escape(m))) if out.verbose else None)
+                              explain=(lambda m: out.explain(_escape(m))) if out.verbose else None)
     seen: set[dns.name.Name] = set()
 
     async def handle(text: str, source: Record | None) -> None:
@@ -171,7 +193,8 @@ async def main_async(args: argparse.Namespace, out: Output) -> int:
             seen.discard(name)
             return
         if name in seen:
-            out.explain(escape(f"{names.name_text(name)} already resolved; skipping the duplicate"))
+            if out.verbose:
+                out.explain(_escape(f"{names.name_text(name)} already resolved; skipping the duplicate"))
             return
         seen.add(name)
         out.emit(await resolve_one(client, name, source, mine))
@@ -216,6 +239,8 @@ def _lines() -> Iterator[str]:
 def main_body() -> int:
     args = build_parser().parse_args()
     out = Output.from_args(PROG, args, renderer=render)
+    import asyncio
+
     return asyncio.run(main_async(args, out))
 
 
