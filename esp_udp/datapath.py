@@ -57,6 +57,14 @@ peer added with ``keepalive=True`` (set it when we are behind a NAT).
 Ingress filter: a decrypted packet must be IPv6 from the peer's own ULA, or it is dropped
 (``bad_inner``) — an authenticated peer cannot speak for another.
 
+Latency: on this (virtualised) machine code that ran 20 ms ago runs 10-30× slower the next
+time (measured: a 100-byte seal+open takes 3 µs warm, ~90 µs after a 20 ms sleep; a plain
+Python loop likewise), so an idle ping pays that four times per round trip. While a tunnel is
+in use (``warm_for`` seconds after the last packet) the worker therefore wakes every
+``keep_warm`` seconds and runs one dummy seal+open on a private SA (never sent): ~2000
+cheap wake-ups a second while active, none when idle. Measured: idle ping RTT (20 ms apart)
+≈ 20 % lower; the rest of the cold penalty is in the kernel and the VM, outside this loop.
+
 Counters per peer (packets/bytes in and out, auth failures, replays, drops by reason) are
 read with :meth:`Datapath.counters` as a JSON-able dict (with ``worker_errors``: bugs the
 worker survived). :meth:`Datapath.close` stops the
@@ -181,6 +189,33 @@ class _Peer:
         self.signalled: set[tuple[str, int]] = set()  # (event kind, SPI) already reported
 
 
+class _Warmer:
+    """One dummy seal+open of a 100-byte packet on a private SA pair (never sent).
+
+    The worker runs it on its keep-warm ticks so the hot path's code, the AEAD context and
+    the buffers stay in the CPU caches between sparse packets. Resets its own sequence
+    number and replay window, so it can run forever.
+    """
+
+    __slots__ = ("_dbuf", "_in", "_obuf", "_out", "_pbuf")
+
+    def __init__(self) -> None:
+        keymat = bytes(Suite.AES256GCM16.keymat_len)
+        self._out = OutboundSA(1, Suite.AES256GCM16, keymat)
+        self._in = InboundSA(1, Suite.AES256GCM16, keymat)
+        self._pbuf = memoryview(bytearray(256))
+        self._obuf = memoryview(bytearray(256))
+        self._dbuf = memoryview(bytearray(256))
+
+    def run(self) -> int:
+        """Seal and open once; the opened length (100), EspError if something is broken."""
+        self._out.seq = 0
+        replay = self._in.replay
+        replay.top = replay.bitmap = 0
+        n = self._out.seal_into(self._obuf, self._pbuf, 100)
+        return self._in.open_into(self._obuf[:n], self._dbuf)[2]
+
+
 def asyncio_bridge(loop: asyncio.AbstractEventLoop, handler: IkeHandler) -> IkeHandler:
     """An ``on_ike`` callback that runs ``handler(data, addr)`` in ``loop``'s thread."""
 
@@ -213,6 +248,8 @@ class Datapath:
         gso: bool = True,
         gro: bool = True,
         busy_poll: float = 0.0,
+        keep_warm: float = 0.0005,
+        warm_for: float = 1.0,
         offload: bool = True,
         tso: bool = False,
         clock: Callable[[], float] = time.monotonic,
@@ -256,6 +293,8 @@ class Datapath:
         self._b_peer: _Peer | None = None
         self._b_seg = self._b_start = self._b_used = self._b_count = 0
         self.busy_poll = busy_poll
+        self.keep_warm = keep_warm  # 0 disables the keep-warm ticks
+        self.warm_for = warm_for
         self._gro = gro
         self._gso_bytes = GSO_MAX_BYTES
         self._cmsg_space = socket.CMSG_SPACE(4)
@@ -491,6 +530,10 @@ class Datapath:
         next_tick = 0.0
         spin = self.busy_poll
         busy_until = 0.0
+        warm = self.keep_warm
+        warm_for = self.warm_for
+        warm_until = 0.0
+        warmer = _Warmer()
         timeout = 0.25
         clock = self.clock
         try:
@@ -512,10 +555,13 @@ class Datapath:
                     now = clock()
                 if events:
                     busy_until = now + spin
+                    warm_until = now + warm_for
+                elif now < warm_until and warm:
+                    warmer.run()  # keep code and caches warm between sparse packets
                 # Optional busy-poll after activity (``busy_poll`` seconds): catches a reply
                 # without a thread wake-up, but on a 2-core VM the spinning costs more than it
                 # saves (measured), so it is off by default. Idle tunnels never spin.
-                timeout = 0.0 if now < busy_until else 0.25
+                timeout = 0.0 if now < busy_until else (warm if now < warm_until and warm else 0.25)
         finally:
             ep.close()
 
