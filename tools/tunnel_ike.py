@@ -41,11 +41,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from ike_lite import Config, IkeEndpoint
-from ike_lite import events as ev
-from ike_lite.const import NON_ESP_MARKER, DhGroup
-
 if TYPE_CHECKING:
+    # ike_lite (~60 ms with cryptography) is imported where it is used, so that
+    # `btmm-tunnel-up --help` (which only needs add_arguments) does not load it
+    from ike_lite import Config
+    from ike_lite import events as ev
     from tools.netns import Lab
 
 Addr = tuple[str, int]
@@ -66,12 +66,16 @@ class UdpTransport:
         self.on_ike: Callable[[bytes, Addr], None] | None = None
 
     def send_ike(self, data: bytes, addr: Addr) -> None:
+        from ike_lite.const import NON_ESP_MARKER
+
         self.sock.sendto(NON_ESP_MARKER + data, addr)
 
     def fileno(self) -> int:
         return self.sock.fileno()
 
     def read(self) -> None:
+        from ike_lite.const import NON_ESP_MARKER
+
         for _ in range(256):
             try:
                 data, addr = self.sock.recvfrom(65536)
@@ -100,6 +104,8 @@ class IkeService:
         rng: Callable[[int], bytes] = secrets.token_bytes,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        from ike_lite import IkeEndpoint
+
         self.clock = clock
         self.endpoint = IkeEndpoint(config, rng, clock())
         self.transport = transport
@@ -203,6 +209,8 @@ class IkeService:
             self.endpoint.receive_datagram(data, addr, self.clock(), natt=False)
 
     def _drain_inbox(self) -> None:
+        from ike_lite.const import NON_ESP_MARKER
+
         while True:
             try:
                 kind, item = self._inbox.get_nowait()
@@ -226,6 +234,9 @@ class IkeService:
             self._flush()
 
     def _command(self, now: float, name: str, handle: int | None, kw: dict[str, Any]) -> None:
+        from ike_lite import events as ev
+        from ike_lite.const import DhGroup
+
         handles = [handle] if handle is not None else self.endpoint.sessions()
         for h in handles:
             try:
@@ -244,6 +255,8 @@ class IkeService:
                 self._deliver(ev.Dropped(h, f"command {name} failed: {exc}", ("", 0)))
 
     def _flush(self) -> None:
+        from ike_lite import events as ev
+
         for d in self.endpoint.datagrams_to_send(self.clock()):
             try:
                 if d.natt:
@@ -264,6 +277,8 @@ class IkeService:
 
     # ------------------------------------------------------------------ datapath keying
     def _apply(self, e: ev.Event) -> None:
+        from ike_lite import events as ev
+
         if isinstance(e, ev.IkeSaUp):
             self.nat_local[e.handle] = e.nat_local
         if self.datapath is None:
@@ -304,6 +319,8 @@ class IkeService:
 # ---------------------------------------------------------------------------- records
 def event_record(e: ev.Event) -> dict[str, Any] | None:
     """The JSON-able form of an event (no keys), for records and the test runner."""
+    from ike_lite import events as ev
+
     base: dict[str, Any] = {"event": type(e).__name__, "handle": e.handle}
     if isinstance(e, ev.IkeSaUp):
         base.update(
@@ -432,6 +449,9 @@ def run_ike_mode(args: argparse.Namespace, datapath: Any, out: Any, stop: thread
     traffic for ``--idle-timeout`` seconds (default 600, BTMM's 10 minutes) is closed.
     Without ``--listen`` the process ends when no requested tunnel is left and stdin is done.
     """
+    from ike_lite import Config
+    from ike_lite import events as ev
+    from ike_lite.const import DhGroup
     from tools.account_file import load_host
     from tools.cli import Fatal, Record, derive, error_record, read_records, stdin_records_available
 
@@ -721,6 +741,7 @@ def publish_status(
 def exit_code(reasons: list[str], failures: int) -> int:
     """tools/cli.py's codes: 2 when the peer refused our credentials (different account files),
     3 when a peer could not be reached, 1 for other per-tunnel failures."""
+    from ike_lite import events as ev
     from tools.cli import EXIT_OK, EXIT_PARTIAL, EXIT_REMOTE, EXIT_USAGE
 
     if ev.AUTHENTICATION_FAILED in reasons:
@@ -811,6 +832,10 @@ class ServiceProcess:
 
 
 def _runner_main(argv: list[str] | None = None) -> int:
+    from ike_lite import Config
+    from ike_lite import events as ev
+    from ike_lite.const import NON_ESP_MARKER, DhGroup
+
     p = argparse.ArgumentParser(
         prog="python -m tools.tunnel_ike",
         description="ike_lite service with JSON-lines events (tests, benchmarks)",

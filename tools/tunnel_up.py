@@ -30,9 +30,7 @@ from typing import Any
 
 from esp_udp.datapath import DEFAULT_MTU, DEFAULT_PORT, DEFAULT_TUN, Datapath, DatapathEvent
 from esp_udp.errors import ConfigError
-from esp_udp.keylog import esp_sa_lines
 from esp_udp.sa import SAParams, parse_inner
-from tools.account_file import check_private, state_dir, write_private
 from tools.cli import (
     EXIT_OK,
     EXIT_USAGE,
@@ -44,7 +42,6 @@ from tools.cli import (
     run,
     stdin_records_available,
 )
-from tools.status_file import clear, publish
 
 PROG = "btmm-tunnel-up"
 STATUS_COMPONENT = "tunnels"
@@ -122,6 +119,8 @@ def build_parser(ike: bool = True) -> argparse.ArgumentParser:
 # ------------------------------------------------------------------------------ static keys
 def load_static_keys(path: Path) -> tuple[str, int | None, list[tuple[SAParams, bool]]]:
     """(local inner, local port, [(params, keepalive)]) from a static-keys file."""
+    from tools.account_file import check_private
+
     check_private(path, "static keys file")
     try:
         data = json.loads(path.read_text())
@@ -164,6 +163,9 @@ def load_static_keys(path: Path) -> tuple[str, int | None, list[tuple[SAParams, 
 
 def write_keylog(path: Path, params: list[SAParams]) -> None:
     """Wireshark esp_sa lines for every SA (mode 0600, replaced)."""
+    from esp_udp.keylog import esp_sa_lines
+    from tools.account_file import write_private
+
     lines = [line for p in params for line in esp_sa_lines(p)]
     write_private(path, ("\n".join(lines) + "\n").encode(), force=True)
 
@@ -226,6 +228,9 @@ def start_datapath(args: argparse.Namespace, inner: str, port: int,
 
 
 def run_static(args: argparse.Namespace, out: Output, signals: Signals) -> int:
+    from tools.account_file import state_dir
+    from tools.status_file import clear, publish
+
     inner, file_port, peers = load_static_keys(Path(args.static_keys))
     port = args.port if args.port is not None else (file_port if file_port is not None else DEFAULT_PORT)
     if args.keylog:
