@@ -60,7 +60,7 @@ Ingress filter: a decrypted packet must be IPv6 from the peer's own ULA, or it i
 Latency: on this (virtualised) machine code that ran 20 ms ago runs 10-30× slower the next
 time (measured: a 100-byte seal+open takes 3 µs warm, ~90 µs after a 20 ms sleep; a plain
 Python loop likewise), so an idle ping pays that four times per round trip. While a tunnel is
-in use (``warm_for`` seconds after the last packet) the worker therefore wakes every
+in use (``warm_for`` seconds after the last sealed or opened packet) the worker therefore wakes every
 ``keep_warm`` seconds and runs one dummy seal+open on a private SA (never sent): ~2000
 cheap wake-ups a second while active, none when idle. Measured: idle ping RTT (20 ms apart)
 ≈ 20 % lower; the rest of the cold penalty is in the kernel and the VM, outside this loop.
@@ -295,6 +295,7 @@ class Datapath:
         self.busy_poll = busy_poll
         self.keep_warm = keep_warm  # 0 disables the keep-warm ticks
         self.warm_for = warm_for
+        self._traffic = False  # set by the worker when a packet was sealed or opened
         self._gro = gro
         self._gso_bytes = GSO_MAX_BYTES
         self._cmsg_space = socket.CMSG_SPACE(4)
@@ -555,7 +556,9 @@ class Datapath:
                     now = clock()
                 if events:
                     busy_until = now + spin
-                    warm_until = now + warm_for
+                    if self._traffic:  # tunnel packets, not just stray ones (RS, MLD) dropped
+                        self._traffic = False
+                        warm_until = now + warm_for
                 elif now < warm_until and warm:
                     warmer.run()  # keep code and caches warm between sparse packets
                 # Optional busy-poll after activity (``busy_poll`` seconds): catches a reply
@@ -644,6 +647,7 @@ class Datapath:
             return
         c = peer.counters
         c.packets_out += 1
+        self._traffic = True
         c.bytes_out += n
         if count == 0:
             self._b_peer, self._b_seg, self._b_start, self._b_count = peer, length, used, 1
@@ -763,6 +767,7 @@ class Datapath:
             return
         c = peer.counters
         c.packets_in += 1
+        self._traffic = True
         c.bytes_in += plen
         if addr != peer.outer:
             old = peer.outer
