@@ -47,6 +47,15 @@ AAAA = dns.rdatatype.AAAA
 class Question:
     name: dns.name.Name
     rdtype: dns.rdatatype.RdataType
+    # dnspython hashes a Name label by label on every use; a plan hashes each question
+    # several times (asked? cached? answered), so the hash is computed once
+    _hash: int = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_hash", hash((self.name, self.rdtype)))
+
+    def __hash__(self) -> int:
+        return self._hash
 
     def text(self) -> str:
         return f"{names.name_text(self.name)}. {self.rdtype.name}"
@@ -132,17 +141,17 @@ class BrowsePlan:
 
     def questions(self) -> list[Question]:
         out: list[Question] = []
-        while self._pending:
-            q = self._pending.pop(0)
-            if q in self._asked:
-                continue
-            cached = self._cache.get(q)
-            if cached is not None:
+        while self._pending:  # answers found in the cache may queue more questions (FIFO)
+            pending, self._pending = self._pending, []
+            for q in pending:
+                if q in self._asked:
+                    continue
                 self._asked.add(q)
-                self._store(q, cached)
-                continue
-            self._asked.add(q)
-            out.append(q)
+                cached = self._cache.get(q)
+                if cached is not None:
+                    self._store(q, cached)
+                else:
+                    out.append(q)
         return out
 
     def answer(self, question: Question, reply: dns.message.Message | None, error: str = "") -> None:
