@@ -158,19 +158,50 @@ def _make_query(name: dns.name.Name, rdtype: dns.rdatatype.RdataType) -> dns.mes
 _HANDSHAKE_ERRNOS = {errno.ECONNRESET, errno.EPIPE, errno.ECONNABORTED, None}
 
 
-class _UdpProtocol(asyncio.DatagramProtocol):
-    def __init__(self, client: DnsClient) -> None:
+class _UdpSocket:
+    """A connected non-blocking UDP socket on the event loop.
+
+    Not asyncio's datagram transport: that reads one datagram per loop iteration (one
+    epoll_wait each); with 32 queries in flight replies queue up, and draining them in one
+    callback saves a loop iteration per reply (2,000 of them for 1,000 services).
+    """
+
+    def __init__(self, client: DnsClient, sock: socket.socket, loop: asyncio.AbstractEventLoop) -> None:
         self.client = client
+        self.sock = sock
+        self.loop = loop
+        self.closed = False
+        loop.add_reader(sock.fileno(), self._readable)
 
-    def datagram_received(self, data: bytes, addr: tuple[str | int, ...]) -> None:
-        self.client._deliver(data)
+    def _readable(self) -> None:
+        for _ in range(256):
+            try:
+                data = self.sock.recv(65535)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:  # e.g. ICMP port unreachable on the connected socket
+                self.client._fail_all(exc)
+                return
+            self.client._deliver(data)
+            if self.closed:
+                return
 
-    def error_received(self, exc: Exception) -> None:
-        self.client._fail_all(exc)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if exc is not None:
+    def sendto(self, data: bytes) -> None:
+        try:
+            self.sock.send(data)
+        except (BlockingIOError, InterruptedError):
+            pass  # socket buffer full: the retransmit timer sends it again
+        except OSError as exc:
             self.client._fail_all(exc)
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.loop.remove_reader(self.sock.fileno())
+            self.sock.close()
 
 
 class DnsClient:
@@ -181,7 +212,7 @@ class DnsClient:
         self.config = config
         self.explain = explain
         self._pending: dict[int, asyncio.Future[bytes]] = {}
-        self._udp: asyncio.DatagramTransport | None = None
+        self._udp: _UdpSocket | None = None
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
         self._read_task: asyncio.Task[None] | None = None
@@ -230,16 +261,33 @@ class DnsClient:
             if not fut.done():
                 fut.set_exception(exc)
 
-    async def _open_udp(self) -> asyncio.DatagramTransport:
-        if self._udp is None or self._udp.is_closing():
-            loop = asyncio.get_running_loop()
+    async def _open_udp(self) -> _UdpSocket:
+        if self._udp is not None and not self._udp.is_closing():
+            return self._udp
+        async with self._conn_lock:  # queries started together share one socket
+            if self._udp is None or self._udp.is_closing():
+                self._udp = await self._new_udp_socket()
+            return self._udp
+
+    async def _new_udp_socket(self) -> _UdpSocket:
+        loop = asyncio.get_running_loop()
+        try:
+            try:  # an address needs no resolver thread
+                infos = socket.getaddrinfo(self.config.host, self.config.port, type=socket.SOCK_DGRAM,
+                                           flags=socket.AI_NUMERICHOST)
+            except socket.gaierror:
+                infos = await loop.getaddrinfo(self.config.host, self.config.port, type=socket.SOCK_DGRAM)
+            family, _, proto, _, addr = infos[0]
+            sock = socket.socket(family, socket.SOCK_DGRAM, proto)
             try:
-                transport, _ = await loop.create_datagram_endpoint(
-                    lambda: _UdpProtocol(self), remote_addr=(self.config.host, self.config.port))
-            except OSError as exc:
-                raise errors.unreachable(self.config.label, exc.strerror or str(exc)) from None
-            self._udp = transport
-        return self._udp
+                sock.setblocking(False)
+                sock.connect(addr)
+            except OSError:
+                sock.close()
+                raise
+        except OSError as exc:
+            raise errors.unreachable(self.config.label, exc.strerror or str(exc)) from None
+        return _UdpSocket(self, sock, loop)
 
     def _ssl_context(self) -> ssl.SSLContext:
         return tls_context(self.config.ca_file)
@@ -469,7 +517,7 @@ class _UdpBatch:
     for the whole batch; a truncated reply is retried over TCP in its own task.
     """
 
-    def __init__(self, client: DnsClient, udp: asyncio.DatagramTransport, questions: list[Question],
+    def __init__(self, client: DnsClient, udp: _UdpSocket, questions: list[Question],
                  window: int) -> None:
         self.client = client
         self.udp = udp
