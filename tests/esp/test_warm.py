@@ -17,3 +17,11 @@ def test_keep_warm_defaults_and_off_switch() -> None:
     assert 0 < dp.keep_warm <= 0.001 and dp.warm_for > 0
     off = Datapath("fd00:1::1", keep_warm=0.0)
     assert off.keep_warm == 0.0
+
+
+def test_warmer_in_borrowed_buffers_touches_only_their_start() -> None:
+    pbuf, obuf, dbuf = (memoryview(bytearray(b"\xaa" * 4096)) for _ in range(3))
+    warmer = _Warmer(pbuf, obuf, dbuf)
+    assert warmer.run() == 100 and warmer.run() == 100
+    for buf in (pbuf, obuf, dbuf):
+        assert bytes(buf[200:]) == b"\xaa" * (4096 - 200)
