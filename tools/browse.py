@@ -96,17 +96,20 @@ def _report(out: Output, problems: list[Problem]) -> None:
 
 async def main_async(args: argparse.Namespace, out: Output) -> int:
     from dnssd_wa import driver, errors, names
-    from tools.account_file import load_account
 
     account_server = None
     if args.domain:
         domain_text = args.domain
         if not args.server:
+            from tools.account_file import load_account  # (cryptography: only when needed)
+
             try:
                 account_server = load_account(args.account).server
             except Fatal:
                 account_server = None
     else:
+        from tools.account_file import load_account
+
         account = load_account(args.account)
         domain_text, account_server = account.domain, account.server
     try:
