@@ -33,6 +33,7 @@ import dns.rdatatype
 import dns.rrset
 
 from dnssd_wa import names
+from dnssd_wa.records import autotunnel_srv_name
 
 IN = dns.rdataclass.IN
 PTR = dns.rdatatype.PTR
@@ -243,8 +244,6 @@ class TunnelPlan:
     """AAAA <host> and SRV _autotunnel._udp.<host> → A <AutoTunnel-…>."""
 
     def __init__(self, host: dns.name.Name) -> None:
-        from dnssd_wa.records import autotunnel_srv_name  # (record building: not on a browse's path)
-
         self.host = host
         self._pending = [Question(host, AAAA), Question(autotunnel_srv_name(host), SRV)]
         self._cache = _Cache()
