@@ -540,7 +540,7 @@ class _UdpBatch:
         try:
             while self.next < len(self.questions) and len(self.inflight) < self.window:
                 self._send_next()
-            self.timer = self.loop.call_later(self.interval / 2, self._sweep)
+            self.timer = self.loop.call_later(self.interval, self._sweep)
             await self.done
         finally:
             self.client._batches.remove(self)
@@ -629,8 +629,9 @@ class _UdpBatch:
                 continue
             entry.sends, entry.last = entry.sends + 1, now
             self.udp.sendto(entry.wire)
-        if not self.done.done():
-            self.timer = self.loop.call_later(self.interval / 2, self._sweep)
+        if not self.done.done():  # next at the earliest retransmit/give-up time
+            due = min((e.last for e in self.inflight.values()), default=now) + self.interval
+            self.timer = self.loop.call_at(max(due, now + 0.001), self._sweep)
 
 
 # ---------------------------------------------------------------------- updates
