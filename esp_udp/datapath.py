@@ -54,6 +54,27 @@ NAT: a peer's outer address follows the source of authenticated ESP (NAT rebindi
 one-byte 0xFF keepalive is sent after ``keepalive_interval`` seconds without sending to a
 peer added with ``keepalive=True`` (set it when we are behind a NAT).
 
+On-demand tunnels (``on_demand=callback``): the owner routes a whole prefix into the TUN
+device with :meth:`Datapath.route_prefix` (e.g. the account's ULA /48; :meth:`Datapath.
+unroute_prefix` removes it), so packets to peers that are not connected yet reach the
+datapath. A packet read from the TUN whose destination has no peer, or whose peer has no
+outbound SA, then
+
+* calls ``on_demand(destination)`` (the address as text, e.g. ``"fd00:1:2::5"``) **in the
+  worker thread** — at most once per destination per second; keep it short (an asyncio
+  owner hands it over with ``loop.call_soon_threadsafe``, like :func:`asyncio_bridge`);
+  multicast and link-local destinations are never announced (dropped as ``no_route``);
+* is held in a bounded per-destination queue (≤ 32 packets and ≤ 64 KiB per destination,
+  ≤ 256 destinations; beyond that dropped as ``pending_full``). Held packets older than
+  ``pending_timeout`` (3 s) are dropped as ``pending_expired`` — counted on the peer if it
+  exists, else under ``unattributed``.
+
+When :meth:`Datapath.add_peer` (or :meth:`Datapath.replace_outbound`) installs an outbound
+SA for that destination, the worker seals and sends the held packets first, in order, so a
+connection's first SYN is not lost (no 1 s TCP retransmission). :meth:`Datapath.counters`
+shows ``pending`` (held packets per destination) and ``on_demand_calls``. Without
+``on_demand`` nothing is held: such packets are dropped (``no_route`` / ``no_sa``).
+
 Ingress filter: a decrypted packet must be IPv6 from the peer's own ULA, or it is dropped
 (``bad_inner``) — an authenticated peer cannot speak for another.
 
@@ -93,6 +114,7 @@ import socket
 import struct
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -131,6 +153,12 @@ UDP_SEGMENT = 103  # linux/udp.h: UDP GSO segment size (setsockopt / cmsg)
 UDP_GRO = 104  # linux/udp.h: receive coalesced datagrams, cmsg gives the segment size
 GSO_MAX_BYTES = 65000  # one UDP GSO send: < 65,507 bytes of payload
 GSO_MAX_SEGMENTS = 64
+# On-demand tunnels: packets held per destination while its SA is being negotiated.
+PENDING_TIMEOUT = 3.0  # seconds a held packet may wait
+PENDING_MAX_PACKETS = 32  # per destination
+PENDING_MAX_BYTES = 64 << 10  # per destination
+PENDING_MAX_DESTS = 256
+DEMAND_INTERVAL = 1.0  # at most one on_demand call per destination per second
 
 
 @dataclass(frozen=True)
@@ -191,6 +219,24 @@ class _Peer:
         self.signalled: set[tuple[str, int]] = set()  # (event kind, SPI) already reported
 
 
+class _Pending:
+    """Packets held for one destination until its outbound SA exists (worker-owned)."""
+
+    __slots__ = ("nbytes", "packets")
+
+    def __init__(self) -> None:
+        self.packets: deque[tuple[float, bytes]] = deque()  # (time read, packet as read)
+        self.nbytes = 0
+
+
+def _on_demand_candidate(key: bytes) -> bool:
+    """Unicast, not link-local: a destination an on-demand tunnel can exist for."""
+    first = key[0]
+    if len(key) == 4:
+        return 0 < first < 224 and first != 127
+    return first != 0xFF and not (first == 0xFE and key[1] & 0xC0 == 0x80) and any(key)
+
+
 class _Warmer:
     """One dummy seal+open of a 100-byte packet on a private SA pair (never sent).
 
@@ -243,6 +289,8 @@ class Datapath:
         mtu: int = DEFAULT_MTU,
         on_ike: IkeHandler | None = None,
         on_event: Callable[[DatapathEvent], None] | None = None,
+        on_demand: Callable[[str], None] | None = None,
+        pending_timeout: float = PENDING_TIMEOUT,
         replay_window: int = DEFAULT_WINDOW,
         keepalive_interval: float = KEEPALIVE_INTERVAL,
         linger: float = DEFAULT_LINGER,
@@ -265,6 +313,16 @@ class Datapath:
         self.mtu = mtu
         self.on_ike = on_ike
         self.on_event = on_event
+        self.on_demand = on_demand
+        self.pending_timeout = pending_timeout
+        self.on_demand_calls = 0
+        self._prefixes: set[ipaddress.IPv6Network | ipaddress.IPv4Network] = set()
+        # worker-owned on-demand state: held packets and last callback time per destination
+        self._pending: dict[bytes, _Pending] = {}
+        self._demand_last: dict[bytes, float] = {}
+        self._ready: deque[bytes] = deque()  # destinations that got an outbound SA (any thread)
+        self._qbuf = bytearray(BUF_SIZE)
+        self._qview = memoryview(self._qbuf)
         self.replay_window = replay_window
         self.keepalive_interval = keepalive_interval
         self.linger = linger
@@ -328,6 +386,8 @@ class Datapath:
             raise
         self.tun_name = self.tun.name
         self._tun_fd = self.tun.fd
+        for net in self._prefixes:
+            self.tun.add_prefix(net, self.mtu)
         for peer in self._peers.values():
             self.tun.add_route(peer.inner, self.mtu)
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
@@ -411,6 +471,34 @@ class Datapath:
         if self.tun is not None:
             self.tun.add_route(params.inner, self.mtu)
 
+    def route_prefix(self, prefix: str) -> None:
+        """Route ``prefix`` (e.g. the account's ULA /48, or one ULA) into the TUN device.
+
+        Packets to addresses in it without a peer then reach the datapath: dropped as
+        ``no_route``, or held and announced through ``on_demand``. Peers' /128 routes are
+        more specific and coexist with it. Works before :meth:`start` (applied then) and
+        after; idempotent.
+        """
+        try:
+            net = ipaddress.ip_network(prefix, strict=False)
+        except ValueError:
+            raise ConfigError(f"route prefix {prefix!r} is not an IP prefix (e.g. fd00:1:2::/48)") from None
+        with self._lock:
+            self._prefixes.add(net)
+        if self.tun is not None:
+            self.tun.add_prefix(net, self.mtu)
+
+    def unroute_prefix(self, prefix: str) -> None:
+        """Remove a route added with :meth:`route_prefix` (no error if it is not there)."""
+        try:
+            net = ipaddress.ip_network(prefix, strict=False)
+        except ValueError:
+            raise ConfigError(f"route prefix {prefix!r} is not an IP prefix (e.g. fd00:1:2::/48)") from None
+        with self._lock:
+            self._prefixes.discard(net)
+        if self.tun is not None:
+            self.tun.remove_prefix(net)
+
     def remove_peer(self, inner: str | ipaddress.IPv6Address) -> None:
         """Forget a peer: its SAs, its route."""
         key = ipaddress.IPv6Address(str(inner)).packed
@@ -455,6 +543,14 @@ class Datapath:
             sa = OutboundSA(spi, suite, keymat)
         peer.outbound = sa
         peer.suite = suite
+        if self.on_demand is not None:  # packets held for this peer leave now, in order
+            self._ready.append(peer.inner_key)
+            self._wake()
+
+    def _wake(self) -> None:
+        if self._wake_w >= 0:
+            with contextlib.suppress(OSError):  # a full pipe is readable anyway
+                os.write(self._wake_w, b"r")
 
     def remove_sa(self, spi: int, *, after: float = 0.0) -> None:
         """Remove the inbound SA ``spi`` now, or ``after`` seconds (from the worker's tick)."""
@@ -514,6 +610,8 @@ class Datapath:
             "mtu": self.mtu, "ike_in": self.ike_in, "ike_out": self.ike_out,
             "keepalives_in": self.keepalives_in, "worker_errors": self.worker_errors,
             "last_worker_error": self.last_worker_error,
+            "on_demand_calls": self.on_demand_calls,
+            "pending": {str(ipaddress.ip_address(k)): len(v.packets) for k, v in list(self._pending.items())},
             "unattributed": self.counters_global.to_json(), "peers": peers,
         }
 
@@ -528,7 +626,7 @@ class Datapath:
     def _run(self) -> None:
         assert self.tun is not None and self.sock is not None
         ep = select.epoll()
-        tun_fd, sock_fd = self.tun.fd, self.sock.fileno()
+        tun_fd, sock_fd, wake_r = self.tun.fd, self.sock.fileno(), self._wake_r
         ep.register(tun_fd, select.EPOLLIN)
         ep.register(sock_fd, select.EPOLLIN)
         ep.register(self._wake_r, select.EPOLLIN)
@@ -550,6 +648,10 @@ class Datapath:
                             self._drain_tun()
                         elif fd == sock_fd:
                             self._drain_sock()
+                        elif fd == wake_r:
+                            with contextlib.suppress(OSError):
+                                os.read(wake_r, 4096)
+                            self._release_ready()
                     now = clock()
                     if now >= next_tick:
                         self._tick(now)
@@ -603,37 +705,130 @@ class Datapath:
                 glob.drop(DropReason.NO_ROUTE if n > base and pbuf[base] >> 4 == 4
                           else DropReason.BAD_INNER)
                 continue
-            peer = peers.get(bytes(pview[base + 24:base + 40]))
-            if peer is None:
-                glob.drop(DropReason.NO_ROUTE)
+            key = bytes(pview[base + 24:base + 40])
+            peer = peers.get(key)
+            sa = None if peer is None else peer.outbound
+            if peer is None or sa is None:
+                if self.on_demand is None:
+                    if peer is None:
+                        glob.drop(DropReason.NO_ROUTE)
+                    else:
+                        peer.counters.drop(DropReason.NO_SA)
+                else:
+                    self._hold(key, peer, pview[:n])
                 continue
-            sa = peer.outbound
-            if sa is None:
-                peer.counters.drop(DropReason.NO_SA)
-                continue
+            if self._pending and key in self._pending:  # held packets go first
+                self._release(key)
             if not offload:
                 self._queue(peer, sa, pview, n)
                 continue
-            flags, gso_type, _, gso_size, csum_start, csum_offset = VNET_HDR.unpack_from(pbuf, 0)
-            packet = pview[base:n]
-            try:
-                if gso_type == GSO_NONE:
-                    if flags & F_NEEDS_CSUM:
-                        finish_checksum(packet, csum_start, csum_offset)
-                    self._queue(peer, sa, pview[base:], n - base)
-                elif gso_type & ~GSO_ECN == GSO_TCPV6:
-                    segmenter = TcpSegmenter(packet, gso_size)
-                    sview = self._sview
-                    for index in range(segmenter.count):
-                        self._queue(peer, sa, sview, segmenter.write(index, sview))
-                else:
-                    peer.counters.drop(DropReason.BAD_INNER)
-            except EspError as exc:
-                peer.counters.drop(exc.reason)
+            self._send_read(peer, sa, pbuf, pview, n)
+        self._flush_batch()
+
+    def _flush_batch(self) -> None:
         if self._b_count:
             self._flush(self._b_peer, self._oview[self._b_start:self._b_used], self._b_seg,
                         self._b_count)
             self._b_count = 0
+
+    def _send_read(self, peer: _Peer, sa: OutboundSA, pbuf: bytearray, pview: memoryview, n: int) -> None:
+        """Seal one TUN read (virtio-net header first) into the GSO batch, segmenting TSO."""
+        base = VNET_HDR_LEN
+        flags, gso_type, _, gso_size, csum_start, csum_offset = VNET_HDR.unpack_from(pbuf, 0)
+        try:
+            if gso_type == GSO_NONE:
+                if flags & F_NEEDS_CSUM:
+                    finish_checksum(pview[base:n], csum_start, csum_offset)
+                self._queue(peer, sa, pview[base:], n - base)
+            elif gso_type & ~GSO_ECN == GSO_TCPV6:
+                segmenter = TcpSegmenter(pview[base:n], gso_size)
+                sview = self._sview
+                for index in range(segmenter.count):
+                    self._queue(peer, sa, sview, segmenter.write(index, sview))
+            else:
+                peer.counters.drop(DropReason.BAD_INNER)
+        except EspError as exc:
+            peer.counters.drop(exc.reason)
+
+    # ------------------------------------------------------------------ on-demand
+    def _hold(self, key: bytes, peer: _Peer | None, data: memoryview) -> None:
+        """No SA for ``key`` yet: announce it (rate-limited) and hold the packet."""
+        counters = self.counters_global if peer is None else peer.counters
+        if not _on_demand_candidate(key):
+            counters.drop(DropReason.NO_ROUTE if peer is None else DropReason.NO_SA)
+            return
+        now = self.clock()
+        last = self._demand_last.get(key)
+        if (last is None or now - last >= DEMAND_INTERVAL) and self.on_demand is not None:
+            self._demand_last[key] = now
+            self.on_demand_calls += 1
+            try:
+                self.on_demand(str(ipaddress.ip_address(key)))
+            except Exception:  # noqa: S110 - a broken callback must not stop the datapath
+                pass
+        entry = self._pending.get(key)
+        if entry is None:
+            if len(self._pending) >= PENDING_MAX_DESTS:
+                counters.drop(DropReason.PENDING_FULL)
+                return
+            entry = self._pending[key] = _Pending()
+        else:
+            self._expire(entry, now, counters)
+        size = len(data)
+        if len(entry.packets) >= PENDING_MAX_PACKETS or entry.nbytes + size > PENDING_MAX_BYTES:
+            counters.drop(DropReason.PENDING_FULL)
+            return
+        entry.packets.append((now, bytes(data)))
+        entry.nbytes += size
+
+    def _expire(self, entry: _Pending, now: float, counters: PeerCounters) -> None:
+        packets = entry.packets
+        limit = now - self.pending_timeout
+        while packets and packets[0][0] < limit:
+            entry.nbytes -= len(packets.popleft()[1])
+            counters.drop(DropReason.PENDING_EXPIRED)
+
+    def _release(self, key: bytes) -> None:
+        """Seal and queue the packets held for ``key`` (its peer has an outbound SA now)."""
+        peer = self._peers.get(key)
+        sa = None if peer is None else peer.outbound
+        entry = self._pending.get(key)
+        if peer is None or sa is None or entry is None:
+            return
+        del self._pending[key]
+        self._expire(entry, self.clock(), peer.counters)
+        qbuf, qview = self._qbuf, self._qview
+        offload = self._rx_base != 0
+        for _, data in entry.packets:
+            n = len(data)
+            qbuf[:n] = data
+            if offload:
+                self._send_read(peer, sa, qbuf, qview, n)
+            else:
+                self._queue(peer, sa, qview, n)
+
+    def _release_ready(self) -> None:
+        """Destinations that got an outbound SA (signalled by replace_outbound): send held packets."""
+        ready = self._ready
+        while ready:
+            key = ready.popleft()
+            if key in self._pending:
+                self._release(key)
+        self._flush_batch()
+
+    def _tick_pending(self, now: float) -> None:
+        for key, entry in list(self._pending.items()):
+            peer = self._peers.get(key)
+            if peer is not None and peer.outbound is not None:
+                self._release(key)
+                continue
+            self._expire(entry, now, self.counters_global if peer is None else peer.counters)
+            if not entry.packets:
+                del self._pending[key]
+        self._flush_batch()
+        stale = now - DEMAND_INTERVAL
+        for key in [k for k, t in self._demand_last.items() if t < stale]:
+            del self._demand_last[key]
 
     def _queue(self, peer: _Peer, sa: OutboundSA, buf: memoryview, n: int) -> None:
         """Seal ``buf[:n]`` for ``peer`` into the pending GSO batch (flushing it when needed)."""
@@ -816,7 +1011,9 @@ class Datapath:
                 pass
 
     def _tick(self, now: float) -> None:
-        """Timers: expired inbound SAs, keepalives, rekey signals."""
+        """Timers: expired inbound SAs, keepalives, rekey signals, held on-demand packets."""
+        if self._pending or self._demand_last:
+            self._tick_pending(now)
         if self._expiring:
             with self._lock:
                 due = [spi for deadline, spi in self._expiring if deadline <= now]

@@ -27,6 +27,8 @@ class DropReason(StrEnum):
     SEQ_EXHAUSTED = "seq_exhausted"  # outbound SA used up its sequence numbers: rekey
     TOO_BIG = "too_big"  # inner packet larger than the buffers
     SEND_FAILED = "send_failed"  # the socket or TUN write failed (EAGAIN, ENOBUFS, ...)
+    PENDING_EXPIRED = "pending_expired"  # on-demand: held for a peer whose SA did not come in time
+    PENDING_FULL = "pending_full"  # on-demand: the pending queue (per destination or total) is full
 
 
 class EspError(Exception):

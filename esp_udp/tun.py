@@ -23,9 +23,10 @@ import socket
 import struct
 import threading
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from pyroute2 import IPRoute
+if TYPE_CHECKING:  # pyroute2 costs ~100 ms to import: only the netlink thread loads it
+    from pyroute2 import IPRoute
 
 TUNSETIFF = 0x400454CA
 IFF_TUN = 0x0001
@@ -56,6 +57,8 @@ class _NetlinkThread:
 
     def _run(self, ready: queue.SimpleQueue[BaseException | None]) -> None:
         try:
+            from pyroute2 import IPRoute
+
             ipr = IPRoute()
         except BaseException as exc:
             ready.put(exc)
@@ -134,7 +137,8 @@ class TunDevice:
         except Exception as exc:
             os.close(self.fd)
             raise TunError(f"cannot configure TUN device {self.name}: {exc}") from None
-        self.routes: set[ipaddress.IPv6Address] = set()
+        self.routes: set[ipaddress.IPv6Address | ipaddress.IPv4Address] = set()
+        self.prefixes: set[ipaddress.IPv6Network | ipaddress.IPv4Network] = set()
         self.closed = False
 
     def set_address(self, address: ipaddress.IPv6Address) -> None:
@@ -142,17 +146,44 @@ class TunDevice:
         self._nl.call(lambda ipr: ipr.addr("add", index=self.index, address=str(address), prefixlen=128,
                                            family=socket.AF_INET6, flags=IFA_F_NODAD))
 
-    def add_route(self, peer: ipaddress.IPv6Address, mtu: int | None = None) -> None:
-        """Host route ``peer``/128 into the device with the tunnel MTU."""
-        self._nl.call(lambda ipr: ipr.route("replace", dst=str(peer), dst_len=128, oif=self.index,
-                                            family=socket.AF_INET6, metrics={"mtu": mtu or self.mtu}))
+    def set_address4(self, address: ipaddress.IPv4Address) -> None:
+        """Put the inner IPv4 ``address``/32 on the device."""
+        self._nl.call(lambda ipr: ipr.addr("add", index=self.index, address=str(address), prefixlen=32,
+                                           family=socket.AF_INET))
+
+    def _route(self, op: str, net: ipaddress.IPv6Network | ipaddress.IPv4Network, mtu: int) -> None:
+        family = socket.AF_INET6 if net.version == 6 else socket.AF_INET
+        if op == "del":
+            self._nl.call(lambda ipr: ipr.route("del", dst=str(net.network_address), dst_len=net.prefixlen,
+                                                oif=self.index, family=family))
+        else:
+            self._nl.call(lambda ipr: ipr.route("replace", dst=str(net.network_address),
+                                                dst_len=net.prefixlen, oif=self.index, family=family,
+                                                metrics={"mtu": mtu}))
+
+    def add_route(self, peer: ipaddress.IPv6Address | ipaddress.IPv4Address, mtu: int | None = None) -> None:
+        """Host route ``peer``/128 (or /32) into the device with the tunnel MTU.
+
+        ``replace``: an existing route (e.g. a re-added peer) is overwritten, and a prefix
+        route through the device (:meth:`add_prefix`) covering ``peer`` does not conflict.
+        """
+        self._route("replace", ipaddress.ip_network(peer), mtu or self.mtu)
         self.routes.add(peer)
 
-    def remove_route(self, peer: ipaddress.IPv6Address) -> None:
+    def remove_route(self, peer: ipaddress.IPv6Address | ipaddress.IPv4Address) -> None:
         with contextlib.suppress(Exception):
-            self._nl.call(lambda ipr: ipr.route("del", dst=str(peer), dst_len=128, oif=self.index,
-                                                family=socket.AF_INET6))
+            self._route("del", ipaddress.ip_network(peer), 0)
         self.routes.discard(peer)
+
+    def add_prefix(self, net: ipaddress.IPv6Network | ipaddress.IPv4Network, mtu: int | None = None) -> None:
+        """Route a whole prefix (or one address as /128, /32) into the device."""
+        self._route("replace", net, mtu or self.mtu)
+        self.prefixes.add(net)
+
+    def remove_prefix(self, net: ipaddress.IPv6Network | ipaddress.IPv4Network) -> None:
+        with contextlib.suppress(Exception):
+            self._route("del", net, 0)
+        self.prefixes.discard(net)
 
     def close(self) -> None:
         """Remove routes, close the fd (which deletes the device)."""
@@ -161,6 +192,8 @@ class TunDevice:
         self.closed = True
         for peer in list(self.routes):
             self.remove_route(peer)
+        for net in list(self.prefixes):
+            self.remove_prefix(net)
         with contextlib.suppress(OSError):
             os.close(self.fd)
         self._nl.close()
