@@ -18,7 +18,6 @@ import json
 import os
 import secrets
 import select
-import signal
 import subprocess
 import time
 from collections.abc import Callable
@@ -27,7 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from tools.account_file import Account
-from tools.peers.bind import LOOPBACK, BindServer, PeerZone, free_port, key_b64, stop_pid
+from tools.peers.base import stop_pid
+from tools.peers.bind import LOOPBACK, BindServer, PeerZone, free_port, key_b64
 from tools.peers.knot import KnotServer
 
 SERVER_KINDS = ["bind", "knot", "btmm-serve"]
@@ -127,12 +127,7 @@ def start_btmm_serve(account_file: Path, account: Account, workdir: Path, binary
     assert proc.stdout is not None
 
     def stop() -> None:
-        if proc.poll() is None:
-            os.kill(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                stop_pid(proc)
+        stop_pid(proc)
         errlog.close()
 
     line = b""

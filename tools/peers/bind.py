@@ -6,8 +6,9 @@ AAAA; }`` (INTEROP.md: ``allow-update`` would be too broad). named listens on UD
 (``cert_file`` doubles as the CA file). ``max_records_per_type`` sets BIND's RRset limit
 (default 100 in 9.18.28+; 0 = unlimited).
 
-The helpers here (free ports, zone text, certificate, SOA ready-wait) are shared with the
-Knot launcher.
+The helpers here (free ports, zone text, certificate, SOA ready-wait) and :class:`DnsPeer`
+(the zone files, config file, command line and ready-wait of an authoritative server, on
+top of ``tools.peers.base.DaemonPeer``) are shared with the Knot launcher.
 """
 
 from __future__ import annotations
@@ -16,14 +17,12 @@ import base64
 import datetime
 import ipaddress
 import os
-import shutil
-import signal
 import socket
 import subprocess
-import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import KW_ONLY, dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import dns.exception
 import dns.message
@@ -34,6 +33,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+
+from tools.peers.base import DaemonPeer, log_tail
 
 LOOPBACK = "127.0.0.1"
 TLS_HOSTNAME = "localhost"
@@ -47,12 +48,6 @@ class PeerZone:
     key_name: str
     key_secret: bytes
     extra: tuple[str, ...] = ()  # zone-file lines appended after SOA/NS
-
-
-@dataclass
-class _Proc:
-    proc: subprocess.Popen[bytes] | None = None
-    log: Path | None = None
 
 
 def free_port() -> int:
@@ -116,7 +111,7 @@ def wait_ready(proc: subprocess.Popen[bytes], port: int, zone: str, log: Path | 
     query = dns.message.make_query(zone.rstrip(".") + ".", dns.rdatatype.SOA)
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"{what} exited with {proc.returncode}: {_tail(log)}")
+            raise RuntimeError(f"{what} exited with {proc.returncode}: {log_tail(log)}")
         try:
             reply = dns.query.udp(query, LOOPBACK, port=port, timeout=0.3)
             if reply.rcode() == dns.rcode.NOERROR and reply.answer:
@@ -124,25 +119,7 @@ def wait_ready(proc: subprocess.Popen[bytes], port: int, zone: str, log: Path | 
         except (dns.exception.DNSException, OSError):
             pass
         time.sleep(0.05)
-    raise RuntimeError(f"{what} did not answer SOA {zone} on port {port} within {timeout} s: {_tail(log)}")
-
-
-def _tail(log: Path | None, lines: int = 15) -> str:
-    if log is None or not log.exists():
-        return "(no log)"
-    return " | ".join(log.read_text(errors="replace").splitlines()[-lines:])
-
-
-def stop_pid(proc: subprocess.Popen[bytes] | None, timeout: float = 10.0) -> None:
-    """SIGTERM the process by PID, SIGKILL it if it lingers."""
-    if proc is None or proc.poll() is not None:
-        return
-    os.kill(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout)
-    except subprocess.TimeoutExpired:
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(timeout)
+    raise RuntimeError(f"{what} did not answer SOA {zone} on port {port} within {timeout} s: {log_tail(log)}")
 
 
 def key_b64(secret: bytes) -> str:
@@ -150,21 +127,25 @@ def key_b64(secret: bytes) -> str:
 
 
 @dataclass
-class BindServer:
-    """``named -f -c CONF`` from a temp dir; see the module docstring."""
+class DnsPeer(DaemonPeer):
+    """An authoritative DNS server serving ``zones`` on ``address``:``port`` (free ports by default).
+
+    The subclass writes its configuration (:meth:`config`) and anything else it needs
+    (:meth:`prepare`); the zone files, the config file, the command line and the ready-wait
+    (SOA of every zone answers NOERROR) are common.
+    """
+
+    conf_name: ClassVar[str]  # the config file in the work dir
+    flags: ClassVar[tuple[str, ...]] = ()  # command-line flags before ``-c CONF``
+    log_name: ClassVar[str]  # the daemon's own log file in the work dir (quoted on failure)
 
     zones: list[PeerZone]
-    max_records_per_type: int | None = None
-    tls: bool = True
-    workdir: Path | None = None
+    _: KW_ONLY
     address: str = LOOPBACK
     port: int = 0
     tls_port: int | None = None
     cert_file: Path | None = None
     tls_hostname: str = TLS_HOSTNAME
-    kind: str = "bind"
-    _proc: _Proc = field(default_factory=_Proc)
-    _own_dir: bool = False
 
     @property
     def zone(self) -> str:
@@ -174,15 +155,52 @@ class BindServer:
     def key(self) -> PeerZone:
         return self.zones[0]
 
-    @property
-    def pid(self) -> int | None:
-        return self._proc.proc.pid if self._proc.proc else None
-
     def allocate_ports(self) -> None:
         if not self.port:
             self.port = free_port()
+
+    def prepare(self, d: Path) -> None:
+        """Files the daemon needs besides its config and the zones (none by default)."""
+
+    def config(self, d: Path) -> str:
+        raise NotImplementedError
+
+    def command(self, binary: str, d: Path) -> list[str]:
+        self.allocate_ports()
+        self.prepare(d)
+        for z in self.zones:
+            (d / (z.name + ".zone")).write_text(zone_text(z))
+        conf = d / self.conf_name
+        conf.write_text(self.config(d))
+        return [binary, *self.flags, "-c", str(conf)]
+
+    def ready(self, proc: subprocess.Popen[bytes], d: Path) -> None:
+        for z in self.zones:
+            wait_ready(proc, self.port, z.name, d / self.log_name, self.binary)
+
+
+@dataclass
+class BindServer(DnsPeer):
+    """``named -f -c CONF`` from a temp dir; see the module docstring."""
+
+    kind: ClassVar[str] = "bind"
+    binary: ClassVar[str] = "named"
+    package: ClassVar[str] = "bind9"
+    conf_name: ClassVar[str] = "named.conf"
+    flags: ClassVar[tuple[str, ...]] = ("-f",)
+    log_name: ClassVar[str] = "named.log"
+
+    max_records_per_type: int | None = None
+    tls: bool = True
+
+    def allocate_ports(self) -> None:
+        super().allocate_ports()
         if self.tls and not self.tls_port:
             self.tls_port = free_port()
+
+    def prepare(self, d: Path) -> None:
+        if self.tls:
+            self.cert_file, _ = self_signed(d, self.tls_hostname)
 
     def config(self, d: Path) -> str:
         keys = "".join(
@@ -219,46 +237,6 @@ class BindServer:
             "print-time yes; }; category default { main; }; category update { main; }; };\n"
             f"{zones}"
         )
-
-    def start(self) -> BindServer:
-        binary = shutil.which("named") or "/usr/sbin/named"
-        if not Path(binary).exists():
-            raise RuntimeError("named not found: apt-get install bind9")
-        if self.workdir is None:
-            self.workdir = Path(tempfile.mkdtemp(prefix="btmm-bind-"))
-            self._own_dir = True
-        d = self.workdir
-        d.mkdir(parents=True, exist_ok=True)
-        self.allocate_ports()
-        if self.tls:
-            self.cert_file, _ = self_signed(d, self.tls_hostname)
-        for z in self.zones:
-            (d / (z.name + ".zone")).write_text(zone_text(z))
-        conf = d / "named.conf"
-        conf.write_text(self.config(d))
-        log = d / "named.stderr"
-        with log.open("wb") as err:
-            self._proc.proc = subprocess.Popen([binary, "-f", "-c", str(conf)], cwd=d,
-                                               stdout=err, stderr=subprocess.STDOUT)
-        self._proc.log = log
-        try:
-            for z in self.zones:
-                wait_ready(self._proc.proc, self.port, z.name, d / "named.log", "named")
-        except RuntimeError:
-            self.stop()
-            raise
-        return self
-
-    def stop(self) -> None:
-        stop_pid(self._proc.proc)
-        if self._own_dir and self.workdir is not None:
-            shutil.rmtree(self.workdir, ignore_errors=True)
-
-    def __enter__(self) -> BindServer:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
 
 def ip_literal(text: str) -> bool:

@@ -8,45 +8,25 @@ DoT server (``tls_port`` stays None), lower-cases owner names and targets, and r
 
 from __future__ import annotations
 
-import shutil
-import subprocess
-import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
-from tools.peers.bind import LOOPBACK, PeerZone, _Proc, free_port, key_b64, stop_pid, wait_ready, zone_text
+from tools.peers.bind import DnsPeer, key_b64
 
 
 @dataclass
-class KnotServer:
+class KnotServer(DnsPeer):
     """``knotd -c CONF`` from a temp dir; see the module docstring."""
 
-    zones: list[PeerZone]
-    workdir: Path | None = None
-    address: str = LOOPBACK
-    port: int = 0
-    tls_port: int | None = None
-    cert_file: Path | None = None
-    tls_hostname: str = "localhost"
-    kind: str = "knot"
-    _proc: _Proc = field(default_factory=_Proc)
-    _own_dir: bool = False
+    kind: ClassVar[str] = "knot"
+    binary: ClassVar[str] = "knotd"
+    package: ClassVar[str] = "knot"
+    conf_name: ClassVar[str] = "knot.conf"
+    log_name: ClassVar[str] = "knot.log"
 
-    @property
-    def zone(self) -> str:
-        return self.zones[0].name
-
-    @property
-    def key(self) -> PeerZone:
-        return self.zones[0]
-
-    @property
-    def pid(self) -> int | None:
-        return self._proc.proc.pid if self._proc.proc else None
-
-    def allocate_ports(self) -> None:
-        if not self.port:
-            self.port = free_port()
+    def prepare(self, d: Path) -> None:
+        (d / "db").mkdir(exist_ok=True)
 
     def config(self, d: Path) -> str:
         keys = "".join(
@@ -74,42 +54,3 @@ class KnotServer:
             f"acl:\n{acls}"
             f"zone:\n{zones}"
         )
-
-    def start(self) -> KnotServer:
-        binary = shutil.which("knotd") or "/usr/sbin/knotd"
-        if not Path(binary).exists():
-            raise RuntimeError("knotd not found: apt-get install knot")
-        if self.workdir is None:
-            self.workdir = Path(tempfile.mkdtemp(prefix="btmm-knot-"))
-            self._own_dir = True
-        d = self.workdir
-        d.mkdir(parents=True, exist_ok=True)
-        (d / "db").mkdir(exist_ok=True)
-        self.allocate_ports()
-        for z in self.zones:
-            (d / (z.name + ".zone")).write_text(zone_text(z))
-        conf = d / "knot.conf"
-        conf.write_text(self.config(d))
-        log = d / "knotd.stderr"
-        with log.open("wb") as err:
-            self._proc.proc = subprocess.Popen([binary, "-c", str(conf)], cwd=d,
-                                               stdout=err, stderr=subprocess.STDOUT)
-        self._proc.log = log
-        try:
-            for z in self.zones:
-                wait_ready(self._proc.proc, self.port, z.name, d / "knot.log", "knotd")
-        except RuntimeError:
-            self.stop()
-            raise
-        return self
-
-    def stop(self) -> None:
-        stop_pid(self._proc.proc)
-        if self._own_dir and self.workdir is not None:
-            shutil.rmtree(self.workdir, ignore_errors=True)
-
-    def __enter__(self) -> KnotServer:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
