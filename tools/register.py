@@ -48,7 +48,7 @@ from tools.cli import (
     run,
     stdin_records_available,
 )
-from tools.dns_cli import add_transport_arguments
+from tools.dns_cli import add_transport_arguments, server_config
 from tools.status_file import clear as clear_status
 from tools.status_file import publish as publish_status
 
@@ -120,28 +120,18 @@ class Target:
 
 async def resolve_target(args: argparse.Namespace, host: Host, out: Output) -> Target:
     """Server from --server, the account file, or SRV _dns-update-tls._tcp.<domain>."""
-    tls = bool(args.tls)
-    transport = driver.Transport.TLS if tls else (driver.Transport.TCP if args.tcp else driver.Transport.UDP)
-    default_port = driver.DOT_PORT if tls else driver.DNS_PORT
-    server = args.server or host.account.server
-    try:
-        if server:
-            h, p = driver.parse_hostport(server, default_port)
-        else:
+    discovered = None
+    if not (args.server or host.account.server):
+        try:
             resolver = driver.parse_hostport(args.resolver, driver.DNS_PORT) if args.resolver else None
             out.explain(f"no --server: looking up _dns-update-tls._tcp.{host.account.domain} SRV")
-            h, p = await driver.discover_update_server(names.domain_name(host.account.domain), resolver,
-                                                       explain=verbose_hook(out))
-            if not args.tcp:
-                transport = driver.Transport.TLS
-    except errors.BadName as exc:
-        raise Fatal(exc.message) from None
-    except TransportFailed as exc:
-        raise Fatal(exc.message, EXIT_REMOTE) from None
-    if args.ca_file and not Path(args.ca_file).is_file():
-        raise Fatal(f"--ca-file {args.ca_file} does not exist")
-    cfg = driver.ServerConfig(h, p, transport, ca_file=args.ca_file, tls_hostname=args.tls_name,
-                              timeout=args.timeout)
+            discovered = await driver.discover_update_server(names.domain_name(host.account.domain),
+                                                             resolver, explain=verbose_hook(out))
+        except errors.BadName as exc:
+            raise Fatal(exc.message) from None
+        except TransportFailed as exc:
+            raise Fatal(exc.message, EXIT_REMOTE) from None
+    cfg = server_config(args, host.account.server, discovered=discovered)
     return Target(cfg, cfg.label)
 
 
