@@ -8,6 +8,7 @@ the case of names, Knot lower-cases them: assertions say which.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import json
 import os
@@ -15,6 +16,7 @@ import select
 import signal
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -36,23 +38,37 @@ pytestmark = pytest.mark.peer
 
 BOB = "Bob’s iMac"  # U+2019, as macOS names it
 ALICE = "Alice's MacBook Pro"
+BOB_SERVICES = ("--service", "_rfb._tcp:5900:u=bob,path=/", "--service", "_ssh._tcp:22",
+                "--outer", "198.18.0.7:4500")
 
 
 # ---------------------------------------------------------------------------- helpers
 
 
-def run_cli(
-    denv: DnsEnv, argv: list[str], *, stdin: str | None = None, timeout: float = 40
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [script(argv[0]), *argv[1:]],
-        input=stdin,
-        capture_output=True,
-        text=True,
-        env=denv.env,
-        timeout=timeout,
-        stdin=None if stdin is not None else subprocess.DEVNULL,
-    )
+def run_script(argv: list[str], env: dict[str, str], *, stdin: str | None = None,
+               timeout: float = 40) -> subprocess.CompletedProcess[str]:
+    """Run the installed console script ``argv[0]`` to completion."""
+    return subprocess.run([script(argv[0]), *argv[1:]], input=stdin, capture_output=True, text=True, env=env,
+                          timeout=timeout, stdin=None if stdin is not None else subprocess.DEVNULL)
+
+
+def run_cli(denv: DnsEnv, argv: list[str], *, stdin: str | None = None,
+            timeout: float = 40) -> subprocess.CompletedProcess[str]:
+    return run_script(argv, denv.env, stdin=stdin, timeout=timeout)
+
+
+@contextlib.contextmanager
+def running(argv: list[str], env: dict[str, str], *,
+            stdin: int = subprocess.DEVNULL) -> Iterator[subprocess.Popen[str]]:
+    """A long-running console script with stdout/stderr piped; killed if the test leaves it running."""
+    proc = subprocess.Popen([script(argv[0]), *argv[1:]], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            stdin=stdin, text=True, env=env)
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
 
 
 def json_lines(text: str) -> list[dict[str, Any]]:
@@ -82,22 +98,22 @@ def dig(denv: DnsEnv, name: dns.name.Name | str, rdtype: str) -> list[str]:
     return [line.strip() for line in res.stdout.splitlines() if line.strip()]
 
 
+def register_cmd(account_file: Path, label: str, name: str, state_dir: Path, *extra: str) -> list[str]:
+    """``btmm-register --json`` for host ``label`` with instance name ``name``, then ``extra``."""
+    return ["btmm-register", "--json", "--account", str(account_file), "--host", label,
+            "--state-dir", str(state_dir), "--name", name, *extra]
+
+
 def register_argv(denv: DnsEnv, label: str, name: str, *extra: str) -> list[str]:
-    return [
-        "btmm-register",
-        "--json",
-        "--account",
-        str(denv.account_file),
-        "--host",
-        label,
-        "--state-dir",
-        str(denv.state_dir(label)),
-        "--name",
-        name,
-        "--server",
-        denv.server.server_arg,
-        *extra,
-    ]
+    return register_cmd(denv.account_file, label, name, denv.state_dir(label),
+                        "--server", denv.server.server_arg, *extra)
+
+
+def stop_registration(proc: subprocess.Popen[str]) -> None:
+    """SIGTERM a running btmm-register: it removes its records, says so and exits 0."""
+    os.kill(proc.pid, signal.SIGTERM)
+    assert read_line(proc, 20)["state"] == "removed"
+    assert proc.wait(20) == 0
 
 
 def browse(denv: DnsEnv, *types: str, extra: tuple[str, ...] = ()) -> subprocess.CompletedProcess[str]:
@@ -139,16 +155,20 @@ def host_spec(denv: DnsEnv, label: str, instance: str, *services: ServiceSpec) -
     )
 
 
-async def lib_register(denv: DnsEnv, spec: records.HostSpec) -> update.Reply:
+def send(denv: DnsEnv, msg: dns.update.UpdateMessage, *, rrsets: tuple[records.RRSet, ...] = (),
+         transport: driver.Transport = driver.Transport.UDP) -> update.Reply:
+    """Send ``msg`` signed with the account's key through the library driver."""
+
+    async def go() -> update.Reply:
+        async with client(denv, transport) as c:
+            return await driver.send_update(c, msg, key(denv), zone=denv.account.domain, rrsets=rrsets)
+
+    return asyncio.run(go())
+
+
+def lib_register(denv: DnsEnv, spec: records.HostSpec) -> update.Reply:
     rrsets = records.host_records(spec)
-    async with client(denv) as c:
-        return await driver.send_update(
-            c,
-            update.register_update(zone(denv), rrsets, None),
-            key(denv),
-            zone=denv.account.domain,
-            rrsets=rrsets,
-        )
+    return send(denv, update.register_update(zone(denv), rrsets, None), rrsets=rrsets)
 
 
 def read_line(proc: subprocess.Popen[str], timeout: float) -> dict[str, Any]:
@@ -168,23 +188,7 @@ def test_register_dig_browse_reregister_coexist_remove(dns_env: DnsEnv) -> None:
     d = dns_env
     dom = zone(d)
     # 1. register host 1 (UTF-8 name with U+2019, space), two services, outer endpoint, model
-    res = run_cli(
-        d,
-        register_argv(
-            d,
-            "bobs-imac",
-            BOB,
-            "--service",
-            "_rfb._tcp:5900:u=bob,path=/",
-            "--service",
-            "_ssh._tcp:22",
-            "--outer",
-            "198.18.0.7:4500",
-            "--model",
-            "iMac20,1",
-            "--once",
-        ),
-    )
+    res = run_cli(d, register_argv(d, "bobs-imac", BOB, *BOB_SERVICES, "--model", "iMac20,1", "--once"))
     assert res.returncode == 0, res.stderr
     [reg] = json_lines(res.stdout)
     assert reg["type"] == "registration" and reg["state"] == "registered"
@@ -240,55 +244,13 @@ def test_register_dig_browse_reregister_coexist_remove(dns_env: DnsEnv) -> None:
     assert by_type["_rfb._tcp"]["host"] == f"bobs-imac.{d.account.domain}"
     assert "_rfb._tcp." in res.stderr and " ms" in res.stderr and "PTR" in res.stderr
     # --types and --domains
-    types = json_lines(
-        run_cli(
-            d,
-            [
-                "btmm-browse",
-                "--json",
-                "--account",
-                str(d.account_file),
-                "--server",
-                d.server.server_arg,
-                "--types",
-            ],
-        ).stdout
-    )
+    types = json_lines(browse(d, extra=("--types",)).stdout)
     assert {t["service_type"] for t in types} == {"_rfb._tcp", "_ssh._tcp"}
-    doms = json_lines(
-        run_cli(
-            d,
-            [
-                "btmm-browse",
-                "--json",
-                "--account",
-                str(d.account_file),
-                "--server",
-                d.server.server_arg,
-                "--domains",
-            ],
-        ).stdout
-    )
+    doms = json_lines(browse(d, extra=("--domains",)).stdout)
     assert {(x["kind"], x["domain"]) for x in doms} == {("b", d.account.domain), ("lb", d.account.domain)}
 
     # 4. re-register is idempotent (same records, one of each)
-    res = run_cli(
-        d,
-        register_argv(
-            d,
-            "bobs-imac",
-            BOB,
-            "--service",
-            "_rfb._tcp:5900:u=bob,path=/",
-            "--service",
-            "_ssh._tcp:22",
-            "--outer",
-            "198.18.0.7:4500",
-            "--model",
-            "iMac20,1",
-            "--once",
-        ),
-    )
+    res = run_cli(d, register_argv(d, "bobs-imac", BOB, *BOB_SERVICES, "--model", "iMac20,1", "--once"))
     assert res.returncode == 0, res.stderr
     assert dig(d, rfb, "SRV") == [f"0 0 5900 {host.to_text()}"]
     assert len(dig(d, names.service_type_name("_rfb._tcp", dom), "PTR")) == 1
@@ -302,38 +264,11 @@ def test_register_dig_browse_reregister_coexist_remove(dns_env: DnsEnv) -> None:
     assert {s["instance"] for s in svcs} == {stored(d, BOB), stored(d, ALICE)}
 
     # 6. host 1 runs until SIGTERM, then removes exactly its own records; host 2 stays
-    proc = subprocess.Popen(
-        [
-            script("btmm-register"),
-            *register_argv(
-                d,
-                "bobs-imac",
-                BOB,
-                "--service",
-                "_rfb._tcp:5900",
-                "--service",
-                "_ssh._tcp:22",
-                "--outer",
-                "198.18.0.7:4500",
-            )[1:],
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        stdin=subprocess.DEVNULL,
-        text=True,
-        env=d.env,
-    )
-    try:
-        first = read_line(proc, 20)
-        assert first["state"] == "registered"
-        os.kill(proc.pid, signal.SIGTERM)
-        last = read_line(proc, 20)
-        assert last["state"] == "removed"
-        assert proc.wait(20) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    argv = register_argv(d, "bobs-imac", BOB, "--service", "_rfb._tcp:5900", "--service", "_ssh._tcp:22",
+                         "--outer", "198.18.0.7:4500")
+    with running(argv, d.env) as proc:
+        assert read_line(proc, 20)["state"] == "registered"
+        stop_registration(proc)
     assert dig(d, host, "AAAA") == []
     assert dig(d, rfb, "SRV") == []
     assert dig(d, f"{tunnel}.{dom.to_text()}", "A") == []
@@ -416,20 +351,11 @@ def test_nsupdate_adds_service_browse_finds_it(dns_env: DnsEnv, tmp_path: Path) 
 def test_ptr_pointing_nowhere_is_skipped_and_reported(dns_env: DnsEnv) -> None:
     d = dns_env
     dom = zone(d)
-    asyncio.run(lib_register(d, host_spec(d, "ghost-ok", "Real One", ServiceSpec("_afpovertcp._tcp", 548))))
+    lib_register(d, host_spec(d, "ghost-ok", "Real One", ServiceSpec("_afpovertcp._tcp", 548)))
     msg = dns.update.UpdateMessage(dom)
-    msg.add(
-        names.service_type_name("_afpovertcp._tcp", dom),
-        120,
-        "PTR",
-        names.instance_name("Gone Away", "_afpovertcp._tcp", dom).to_text(),
-    )
-
-    async def add_ghost() -> None:
-        async with client(d) as c:
-            await driver.send_update(c, msg, key(d), zone=d.account.domain)
-
-    asyncio.run(add_ghost())
+    msg.add(names.service_type_name("_afpovertcp._tcp", dom), 120, "PTR",
+            names.instance_name("Gone Away", "_afpovertcp._tcp", dom).to_text())
+    send(d, msg)
     res = browse(d, "_afpovertcp._tcp")
     assert res.returncode == 0, res.stderr
     assert [s["instance"] for s in json_lines(res.stdout)] == [stored(d, "Real One")]
@@ -438,52 +364,19 @@ def test_ptr_pointing_nowhere_is_skipped_and_reported(dns_env: DnsEnv) -> None:
 
 def test_watch_reports_added_and_removed(dns_env: DnsEnv) -> None:
     d = dns_env
-    argv = [
-        "btmm-browse",
-        "--json",
-        "--account",
-        str(d.account_file),
-        "--server",
-        d.server.server_arg,
-        "-t",
-        "_daap._tcp",
-        "--watch",
-        "--min-interval",
-        "0.1",
-        "--max-interval",
-        "0.2",
-    ]
-    proc = subprocess.Popen(
-        [script("btmm-browse"), *argv[1:]],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        stdin=subprocess.DEVNULL,
-        text=True,
-        env=d.env,
-    )
-    try:
+    argv = ["btmm-browse", "--json", "--account", str(d.account_file), "--server", d.server.server_arg,
+            "-t", "_daap._tcp", "--watch", "--min-interval", "0.1", "--max-interval", "0.2"]
+    with running(argv, d.env) as proc:
         time.sleep(0.5)
         spec = host_spec(d, "watched", "Music Box", ServiceSpec("_daap._tcp", 3689))
-        asyncio.run(lib_register(d, spec))
+        lib_register(d, spec)
         added = read_line(proc, 10)
         assert (added["event"], added["instance"], added["port"]) == ("added", stored(d, "Music Box"), 3689)
-        rrsets = records.host_records(spec)
-
-        async def remove() -> None:
-            async with client(d) as c:
-                await driver.send_update(
-                    c, update.remove_update(zone(d), rrsets), key(d), zone=d.account.domain
-                )
-
-        asyncio.run(remove())
+        send(d, update.remove_update(zone(d), records.host_records(spec)))
         removed = read_line(proc, 10)
         assert (removed["event"], removed["instance"]) == ("removed", stored(d, "Music Box"))
         os.kill(proc.pid, signal.SIGTERM)
         assert proc.wait(10) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
 
 
 # ---------------------------------------------------------------------------- errors, for real
@@ -593,33 +486,9 @@ def test_unreachable_server_retries_then_exit_3(
 ) -> None:
     from tools.peers.bind import free_port
 
-    argv = [
-        "btmm-register",
-        "--json",
-        "--account",
-        str(account_file),
-        "--host",
-        "lonely",
-        "--state-dir",
-        str(tmp_path / "st"),
-        "--name",
-        "Lonely",
-        "--service",
-        "_ssh._tcp:22",
-        "--once",
-        "--timeout",
-        "0.5",
-        "--server",
-        f"127.0.0.1:{free_port()}",
-    ]
-    res = subprocess.run(
-        [script(argv[0]), *argv[1:]],
-        capture_output=True,
-        text=True,
-        env=btmm_env,
-        timeout=30,
-        stdin=subprocess.DEVNULL,
-    )
+    argv = register_cmd(account_file, "lonely", "Lonely", tmp_path / "st", "--service", "_ssh._tcp:22",
+                        "--once", "--timeout", "0.5", "--server", f"127.0.0.1:{free_port()}")
+    res = run_script(argv, btmm_env, timeout=30)
     assert res.returncode == 3, res.stderr
     assert "unreachable" in res.stderr and "gave up after 3 attempts" in res.stderr
     assert "Traceback" not in res.stderr
@@ -638,11 +507,7 @@ def test_truncated_udp_answer_falls_back_to_tcp(dns_env: DnsEnv) -> None:
         msg.add(inst, 120, "TXT", '""')
     msg.add(names.host_name("printers", dom), 120, "AAAA", "fd00:1:2::100")
 
-    async def fill() -> None:
-        async with client(d, driver.Transport.TCP) as c:
-            await driver.send_update(c, msg, key(d), zone=d.account.domain)
-
-    asyncio.run(fill())
+    send(d, msg, transport=driver.Transport.TCP)
     res = browse(d, "_pdl-datastream._tcp", extra=("--verbose",))
     assert res.returncode == 0, res.stderr
     assert "reply truncated (TC): retrying over TCP" in res.stderr
@@ -715,51 +580,18 @@ def test_discovery_by_dns_update_tls_srv(tmp_path: Path) -> None:
         extra=(f"_dns-update-tls._tcp IN SRV 0 0 {tls_port} localhost.",),
     )
     with BindServer([z], tls_port=tls_port, workdir=tmp_path / "bind") as srv:
-        res = subprocess.run(
-            [
-                script("btmm-register"),
-                "--json",
-                "--account",
-                str(account_file),
-                "--host",
-                "disco",
-                "--state-dir",
-                str(tmp_path / "st"),
-                "--name",
-                "Disco",
-                "--service",
-                "_ssh._tcp:22",
-                "--resolver",
-                f"127.0.0.1:{srv.port}",
-                "--ca-file",
-                str(srv.cert_file),
-                "--once",
-            ],
-            capture_output=True,
-            text=True,
-            env=env,
-            timeout=30,
-            stdin=subprocess.DEVNULL,
-        )
+        argv = register_cmd(account_file, "disco", "Disco", tmp_path / "st", "--service", "_ssh._tcp:22",
+                            "--resolver", f"127.0.0.1:{srv.port}", "--ca-file", str(srv.cert_file), "--once")
+        res = run_script(argv, env, timeout=30)
         assert res.returncode == 0, res.stderr
         assert json_lines(res.stdout)[0]["server"] == f"localhost:{tls_port} (tls)"
 
 
 def test_port_mapping_records_trigger_reregistration(dns_env: DnsEnv) -> None:
     d = dns_env
-    proc = subprocess.Popen(
-        [
-            script("btmm-register"),
-            *register_argv(d, "mapped", "Mapped Host", "--service", "_ssh._tcp:22")[1:],
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        stdin=subprocess.PIPE,
-        text=True,
-        env=d.env,
-    )
-    assert proc.stdin is not None
-    try:
+    argv = register_argv(d, "mapped", "Mapped Host", "--service", "_ssh._tcp:22")
+    with running(argv, d.env, stdin=subprocess.PIPE) as proc:
+        assert proc.stdin is not None
         first = read_line(proc, 20)
         assert first["state"] == "registered" and first["outer"] is None
         mapping = {
@@ -785,14 +617,8 @@ def test_port_mapping_records_trigger_reregistration(dns_env: DnsEnv) -> None:
             "198.18.0.9",
             4501,
         )
-        os.kill(proc.pid, signal.SIGTERM)
-        assert read_line(proc, 20)["state"] == "removed"
-        assert proc.wait(20) == 0
+        stop_registration(proc)
         assert dig(d, tunnel, "A") == []
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
 
 
 async def _tunnel(d: DnsEnv, label: str) -> Any:
@@ -808,33 +634,10 @@ def test_long_running_register_backs_off_and_stops_cleanly(
     """Not --once: an unreachable server is retried with growing delays until SIGTERM (exit 0)."""
     from tools.peers.bind import free_port
 
-    argv = [
-        "--json",
-        "--account",
-        str(account_file),
-        "--host",
-        "patient",
-        "--state-dir",
-        str(tmp_path / "st"),
-        "--name",
-        "Patient",
-        "--service",
-        "_ssh._tcp:22",
-        "--timeout",
-        "0.3",
-        "--server",
-        f"127.0.0.1:{free_port()}",
-    ]
-    proc = subprocess.Popen(
-        [script("btmm-register"), *argv],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        stdin=subprocess.DEVNULL,
-        text=True,
-        env=btmm_env,
-    )
-    assert proc.stderr is not None
-    try:
+    argv = register_cmd(account_file, "patient", "Patient", tmp_path / "st", "--service", "_ssh._tcp:22",
+                        "--timeout", "0.3", "--server", f"127.0.0.1:{free_port()}")
+    with running(argv, btmm_env) as proc:
+        assert proc.stderr is not None
         delays: list[float] = []
         deadline = time.monotonic() + 20
         while len(delays) < 3 and time.monotonic() < deadline:
@@ -846,7 +649,3 @@ def test_long_running_register_backs_off_and_stops_cleanly(
         out, err = proc.communicate(timeout=20)
         assert proc.returncode == 0, err
         assert out == "" and "stopped before anything was registered" in err
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
