@@ -11,11 +11,10 @@ emits records with ``"event": "added"`` / ``"removed"`` until SIGINT/SIGTERM.
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from tools.cli import EXIT_REMOTE, EXIT_USAGE, Fatal, Output, Record, make_parser, make_record, run
-from tools.dns_cli import add_transport_arguments, server_config
+from tools.dns_cli import add_transport_arguments, server_config, verbose_hook
 
 if TYPE_CHECKING:
     # Imported where used: ``--help`` needs none of them, a JSON browse never loads rich,
@@ -56,15 +55,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-interval", type=float, default=60.0, metavar="SECONDS",
                         help="--watch: longest polling interval (default 60; else half the smallest TTL)")
     return parser
-
-
-def verbose_hook(out: Output) -> Callable[[str], None] | None:
-    """``--verbose``: each DNS question and answer as a timed line (names escaped for rich)."""
-    if not out.verbose:
-        return None
-    from rich.markup import escape
-
-    return lambda message: out.explain(escape(message))
 
 
 def service_record(svc: Service, **extra: Any) -> Record:

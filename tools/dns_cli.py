@@ -1,12 +1,13 @@
-"""Flags and server selection shared by the commands that talk DNS (browse, register, resolve)."""
+"""Flags, server choice and the --verbose hook shared by the DNS commands (browse, register, resolve)."""
 
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from tools.cli import EXIT_USAGE, Fatal
+from tools.cli import EXIT_USAGE, Fatal, Output
 
 if TYPE_CHECKING:  # the DNS stack is imported when a server is chosen, not for --help
     from dnssd_wa import driver
@@ -69,3 +70,12 @@ def _system_resolver() -> str:
     if not ns:
         raise Fatal("no --server and no nameserver in /etc/resolv.conf; pass --server HOST[:PORT]")
     return str(ns[0])
+
+
+def verbose_hook(out: Output) -> Callable[[str], None] | None:
+    """``--verbose``: each DNS question and answer as a timed line (names escaped for rich)."""
+    if not out.verbose:
+        return None
+    from rich.markup import escape
+
+    return lambda message: out.explain(escape(message))

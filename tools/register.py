@@ -33,7 +33,6 @@ import ula
 from dnssd_wa import driver, errors, names, records, update
 from dnssd_wa.errors import DnssdError, TransportFailed, UpdateFailed
 from tools.account_file import Host, load_host, state_dir
-from tools.browse import verbose_hook
 from tools.cli import (
     EXIT_OK,
     EXIT_REMOTE,
@@ -48,7 +47,7 @@ from tools.cli import (
     run,
     stdin_records_available,
 )
-from tools.dns_cli import add_transport_arguments, server_config
+from tools.dns_cli import add_transport_arguments, server_config, verbose_hook
 from tools.status_file import clear as clear_status
 from tools.status_file import publish as publish_status
 
