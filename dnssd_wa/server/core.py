@@ -53,9 +53,10 @@ import dns.update
 import dns.wire
 
 from dnssd_wa import push
+from dnssd_wa.server import fastwire
 from dnssd_wa.server.keys import KeyEntry, RateLimiter
 from dnssd_wa.server.store import Change, Store
-from dnssd_wa.server.zone import NameKey, Rec, Zone, answer, canon, find_zone, nkey, rec_key
+from dnssd_wa.server.zone import NameKey, Rec, Zone, answer, find_zone, make_name, name_text, nkey, rec_key
 
 LEASE_OPTION = 2
 LEASE_OTYPE = dns.edns.OptionType.make(LEASE_OPTION)
@@ -121,6 +122,70 @@ class _Work:
 
 
 
+@dataclass(slots=True)
+class UpRR:
+    """One prerequisite or update RR (RFC 2136 reads one RR per RRset). ``deleting`` is
+    None (class IN), NONE or ANY; ``wire`` is the uncompressed rdata (b"" when empty) and
+    ``key`` its canonical form (RFC 4034 §6.2), the identity RFC 2136 compares."""
+
+    name: dns.name.Name
+    rdtype: int
+    deleting: int | None
+    ttl: int
+    wire: bytes
+    key: bytes
+
+
+@dataclass(slots=True)
+class UpdateRequest:
+    """What the UPDATE logic needs, from either parser (dnspython or ``fastwire``)."""
+
+    zones: list[tuple[dns.name.Name, int]]
+    prereqs: list[UpRR]
+    updates: list[UpRR]
+    lease: bytes | None  # value of the first Update Lease option
+    mac: bytes
+    keyname: dns.name.Name | None
+
+
+def _message_request(msg: dns.message.Message) -> UpdateRequest:
+    def rrs(section: list[dns.rrset.RRset]) -> list[UpRR]:
+        out = []
+        for rrset in section:
+            deleting = None if rrset.deleting is None else int(rrset.deleting)
+            if not rrset:
+                out.append(UpRR(rrset.name, int(rrset.rdtype), deleting, rrset.ttl, b"", b""))
+            for rd in rrset:
+                rec = Rec(rd, rrset.ttl, None, 0)
+                out.append(UpRR(rrset.name, int(rrset.rdtype), deleting, rrset.ttl, rec.wire, rec_key(rec)))
+        return out
+
+    lease = None
+    for option in msg.options:
+        if option.otype == LEASE_OPTION:
+            lease = option.to_wire() or b""
+            break
+    return UpdateRequest([(q.name, int(q.rdtype)) for q in msg.question], rrs(msg.answer), rrs(msg.authority),
+                         lease, msg.mac or b"", msg.keyname)
+
+
+def _fast_rr(rr: fastwire.WireRR) -> UpRR:
+    wire = rr.rdata
+    if wire is None:
+        return UpRR(make_name(rr.labels), rr.rdtype, rr.deleting, rr.ttl, b"", b"")
+    rdtype = rr.rdtype
+    if rdtype == fastwire.TYPE_PTR:
+        key = wire.lower()
+    elif rdtype == fastwire.TYPE_SRV:
+        key = wire[:6] + wire[6:].lower()
+    else:  # A, AAAA, TXT
+        key = wire
+    return UpRR(make_name(rr.labels), rdtype, rr.deleting, rr.ttl, wire, key)
+
+
+_RCODE_TEXT = {int(rc): dns.rcode.to_text(rc) for rc in dns.rcode.Rcode}
+
+
 def _next_serial(serial: int) -> int:
     return serial % 0xFFFFFFFF + 1
 
@@ -131,6 +196,7 @@ class ServerCore:
         self.store = store
         self.config = config
         self.keys: dict[dns.name.Name, KeyEntry] = {entry.name: entry for entry in keys}
+        self._keys_by_labels = {nkey(entry.name): entry for entry in keys}
         self.limiter = RateLimiter(config.rate, config.burst)
         self.log: LogCallback = log or (lambda event: None)
         self.zones: dict[dns.name.Name, Zone] = {}
@@ -163,6 +229,10 @@ class ServerCore:
         """Response bytes for one request, or None to drop it."""
         if len(wire) < 12:
             return None
+        if wire[2] & 0xF8 == 0x28:  # QR clear, opcode UPDATE: try the fast path first
+            fast = self._fast_update(wire, transport, now, peer)
+            if fast is not None:
+                return fast
         tsig_failure = 0
         try:  # one parse; dnspython verifies a TSIG on the way (RFC 8945 §5.2)
             msg = dns.message.from_wire(wire, keyring=self._key_for)
@@ -276,44 +346,82 @@ class ServerCore:
         response.request_mac = msg.mac or b""
 
     # -- UPDATE --------------------------------------------------------------------------
+    def _fast_update(self, wire: bytes, transport: str, now: float, peer: str) -> bytes | None:
+        """The UPDATE answered without dnspython (see ``fastwire.py``), or None when the
+        message is not of the common shape or its TSIG does not verify as it stands: the
+        general path then handles it, errors included."""
+        fast = fastwire.parse_update(wire)
+        if fast is None:
+            return None
+        entry = self._keys_by_labels.get(tuple([label.lower() for label in fast.key]))
+        if entry is None or entry.key.algorithm != dns.tsig.HMAC_SHA256:
+            return None
+        key_labels = entry.key.name.labels
+        if transport == "udp" and sum(map(len, fast.zone)) + sum(map(len, key_labels)) + 2 * (
+                len(fast.zone) + len(key_labels)) + 110 > 512:
+            return None  # could need truncation: leave that to dnspython
+        if not fastwire.tsig_valid(wire, fast, entry.key.secret, int(now)):
+            return None
+        req = UpdateRequest(
+            [(make_name(fast.zone), dns.rdatatype.SOA)],
+            [_fast_rr(rr) for rr in fast.prereqs], [_fast_rr(rr) for rr in fast.updates],
+            fast.lease, fast.mac, entry.name)
+        plain = (8192, b"") if fast.edns else None
+        try:
+            zone, summary, lease_value = self._apply_update(req, entry, now)
+        except UpdateFailed as failed:
+            self._log_update(req, peer, entry, failed.rcode, failed.why)
+            return fastwire.build_response(fast, failed.rcode, plain, key_labels, entry.key.secret, int(now))
+        except dns.exception.DNSException:
+            return fastwire.build_response(fast, dns.rcode.FORMERR, plain, key_labels, entry.key.secret,
+                                           int(now))
+        self._log_update(req, peer, entry, dns.rcode.NOERROR, summary, zone=zone)
+        opt = plain if lease_value is None else (1232, struct.pack("!HH", LEASE_OPTION, len(lease_value))
+                                                 + lease_value)
+        return fastwire.build_response(fast, dns.rcode.NOERROR, opt, key_labels, entry.key.secret, int(now))
+
     def _update(self, msg: dns.update.UpdateMessage, entry: KeyEntry | None, now: float,
                 peer: str) -> dns.message.Message:
         response = dns.message.make_response(msg)
         if entry is not None:
             self._sign(response, msg, entry)
+        req = _message_request(msg)
         try:
-            zone, summary, lease_option = self._apply_update(msg, entry, now)
+            zone, summary, lease_value = self._apply_update(req, entry, now)
         except UpdateFailed as failed:
             response.set_rcode(dns.rcode.Rcode.make(failed.rcode))
-            self._log_update(msg, peer, entry, failed.rcode, failed.why)
+            self._log_update(req, peer, entry, failed.rcode, failed.why)
             return response
-        if lease_option is not None:
-            response.use_edns(0, 0, 1232, options=[lease_option])
-        self._log_update(msg, peer, entry, dns.rcode.NOERROR, summary, zone=zone)
+        if lease_value is not None:
+            response.use_edns(0, 0, 1232, options=[dns.edns.GenericOption(LEASE_OTYPE, lease_value)])
+        self._log_update(req, peer, entry, dns.rcode.NOERROR, summary, zone=zone)
         return response
 
-    def _log_update(self, msg: dns.message.Message, peer: str, entry: KeyEntry | None, rcode: int,
-                    what: str, zone: Zone | None = None) -> None:
+    def _log_update(self, req: UpdateRequest | dns.message.Message, peer: str, entry: KeyEntry | None,
+                    rcode: int, what: str, zone: Zone | None = None) -> None:
+        if isinstance(req, dns.message.Message):
+            req = _message_request(req)
         if zone is not None:
             zone_name = zone.origin_text
         else:
-            zone_name = msg.question[0].name.to_text() if msg.question else "?"
+            zone_name = req.zones[0][0].to_text() if req.zones else "?"
         self.log({"event": "update", "client": peer,
-                  "key": entry.name_text if entry else (msg.keyname.to_text() if msg.keyname else None),
-                  "zone": zone_name, "rcode": dns.rcode.to_text(dns.rcode.Rcode.make(rcode)), "what": what,
+                  "key": entry.name_text if entry else (req.keyname.to_text() if req.keyname else None),
+                  "zone": zone_name, "rcode": _RCODE_TEXT.get(rcode) or dns.rcode.to_text(
+                      dns.rcode.Rcode.make(rcode)), "what": what,
                   "serial": zone.serial if zone else None})
 
-    def _apply_update(self, msg: dns.update.UpdateMessage, entry: KeyEntry | None,
-                      now: float) -> tuple[Zone, str, dns.edns.Option | None]:
-        if len(msg.zone) != 1 or msg.zone[0].rdtype != dns.rdatatype.SOA:
+    def _apply_update(self, req: UpdateRequest, entry: KeyEntry | None,
+                      now: float) -> tuple[Zone, str, bytes | None]:
+        if len(req.zones) != 1 or req.zones[0][1] != dns.rdatatype.SOA:
             raise UpdateFailed(dns.rcode.FORMERR, "zone section must hold exactly one SOA question")
-        found = self.zones.get(msg.zone[0].name)
+        found = self.zones.get(req.zones[0][0])
         if found is None:
-            raise UpdateFailed(dns.rcode.NOTAUTH, f"zone {msg.zone[0].name} is not served here")
+            raise UpdateFailed(dns.rcode.NOTAUTH, f"zone {req.zones[0][0]} is not served here")
         zone = found
         if entry is None:
             raise UpdateFailed(dns.rcode.REFUSED, "unsigned update")
-        mac = msg.mac or b""
+        mac = req.mac
         while self._seen_macs:
             oldest = next(iter(self._seen_macs))
             if self._seen_macs[oldest] > now - 600:
@@ -324,121 +432,121 @@ class ServerCore:
         if not self.limiter.allow(entry.name, now):
             raise UpdateFailed(dns.rcode.REFUSED, "rate limit for this key exceeded")
         self._seen_macs[mac] = now
-        self._check_prereqs(zone, msg)
-        self._prescan(zone, msg, entry)
-        lease, option = self._lease(msg)
+        self._check_prereqs(zone, req.prereqs)
+        keys = self._prescan(zone, req.updates, entry)
+        lease, value = self._lease(req.lease)
         expires = None if lease is None else now + lease
-        works = self._compute(zone, msg, expires)
+        works = self._compute(zone, req.updates, keys, expires)
         summary = self._commit(zone, works)
-        return zone, summary + (f" lease={lease}s" if lease is not None else ""), option
+        return zone, summary + (f" lease={lease}s" if lease is not None else ""), value
 
-    def _lease(self, msg: dns.message.Message) -> tuple[int | None, dns.edns.Option | None]:
-        for option in msg.options:
-            if option.otype != LEASE_OPTION:
-                continue
-            data = option.to_wire() or b""
-            if len(data) == 4:
-                (lease,) = struct.unpack("!I", data)
-                granted = self._clamp(lease)
-                return granted, dns.edns.GenericOption(LEASE_OTYPE, struct.pack("!I", granted))
-            if len(data) == 8:
-                lease, key_lease = struct.unpack("!II", data)
-                granted = self._clamp(lease)
-                value = struct.pack("!II", granted, max(granted, self._clamp(key_lease)))
-                return granted, dns.edns.GenericOption(LEASE_OTYPE, value)
-            raise UpdateFailed(dns.rcode.FORMERR, f"Update Lease option of {len(data)} bytes")
-        return None, None
+    def _lease(self, data: bytes | None) -> tuple[int | None, bytes | None]:
+        """The granted lease and the option value to echo (same form as asked)."""
+        if data is None:
+            return None, None
+        if len(data) == 4:
+            (lease,) = struct.unpack("!I", data)
+            granted = self._clamp(lease)
+            return granted, struct.pack("!I", granted)
+        if len(data) == 8:
+            lease, key_lease = struct.unpack("!II", data)
+            granted = self._clamp(lease)
+            return granted, struct.pack("!II", granted, max(granted, self._clamp(key_lease)))
+        raise UpdateFailed(dns.rcode.FORMERR, f"Update Lease option of {len(data)} bytes")
 
     def _clamp(self, value: int) -> int:
         return max(self.config.lease_min, min(self.config.lease_max, value))
 
-    def _check_prereqs(self, zone: Zone, msg: dns.update.UpdateMessage) -> None:
-        wanted: dict[tuple[dns.name.Name, int], set[bytes]] = {}
-        for rrset in msg.prerequisite:
-            name, rdtype = rrset.name, int(rrset.rdtype)
+    def _check_prereqs(self, zone: Zone, prereqs: list[UpRR]) -> None:
+        wanted: dict[tuple[NameKey, int], tuple[dns.name.Name, set[bytes]]] = {}
+        for rr in prereqs:
+            name, rdtype = rr.name, rr.rdtype
             if not name.is_subdomain(zone.origin):
                 raise UpdateFailed(dns.rcode.NOTZONE, f"prerequisite name {name} is outside the zone")
             in_use = zone.node(name) is not None
-            if rrset.deleting == dns.rdataclass.ANY:
+            if rr.deleting == dns.rdataclass.ANY:
                 if rdtype == dns.rdatatype.ANY:
                     if not in_use:
                         raise UpdateFailed(dns.rcode.NXDOMAIN, f"prerequisite: {name} not in use")
                 elif not zone.rrset(name, rdtype):
                     raise UpdateFailed(dns.rcode.NXRRSET, f"prerequisite: {name} {_t(rdtype)} absent")
-            elif rrset.deleting == dns.rdataclass.NONE:
+            elif rr.deleting == dns.rdataclass.NONE:
                 if rdtype == dns.rdatatype.ANY:
                     if in_use:
                         raise UpdateFailed(dns.rcode.YXDOMAIN, f"prerequisite: {name} in use")
                 elif zone.rrset(name, rdtype):
                     raise UpdateFailed(dns.rcode.YXRRSET, f"prerequisite: {name} {_t(rdtype)} exists")
             else:
-                if rrset.ttl != 0 or rdtype in META_TYPES:
+                if rr.ttl != 0 or rdtype in META_TYPES:
                     raise UpdateFailed(dns.rcode.FORMERR, "value prerequisite with TTL or meta type")
-                wanted.setdefault((name, rdtype), set()).update(canon(rd) for rd in rrset)
-        for (name, rdtype), want in wanted.items():
-            have = {canon(rec.rdata) for rec in zone.rrset(name, rdtype).values()}
-            if have != want:
+                wanted.setdefault((nkey(name), rdtype), (name, set()))[1].add(rr.key)
+        for (_, rdtype), (name, want) in wanted.items():
+            if set(zone.rrset(name, rdtype)) != want:  # live records are keyed by canonical rdata
                 raise UpdateFailed(dns.rcode.NXRRSET, f"prerequisite: {name} {_t(rdtype)} differs")
 
-    def _prescan(self, zone: Zone, msg: dns.update.UpdateMessage, entry: KeyEntry) -> None:
+    def _prescan(self, zone: Zone, updates: list[UpRR], entry: KeyEntry) -> list[NameKey]:
         origin = nkey(zone.origin)
-        keys = [nkey(rrset.name) for rrset in msg.update]
-        for rrset, nk in zip(msg.update, keys, strict=True):
-            rdtype = rrset.rdtype
+        keys = [nkey(rr.name) for rr in updates]
+        for rr, nk in zip(updates, keys, strict=True):
+            rdtype = rr.rdtype
             if len(nk) < len(origin) or nk[len(nk) - len(origin):] != origin:
-                raise UpdateFailed(dns.rcode.NOTZONE, f"{rrset.name} is outside zone {zone.origin}")
-            if rrset.deleting is None and rdtype in META_TYPES:
+                raise UpdateFailed(dns.rcode.NOTZONE, f"{rr.name} is outside zone {zone.origin}")
+            if rr.deleting is None and rdtype in META_TYPES:
                 raise UpdateFailed(dns.rcode.FORMERR, f"cannot add type {_t(rdtype)}")
-            if rrset.deleting == dns.rdataclass.NONE and (rrset.ttl != 0 or rdtype in META_TYPES):
+            if rr.deleting == dns.rdataclass.NONE and (rr.ttl != 0 or rdtype in META_TYPES):
                 raise UpdateFailed(dns.rcode.FORMERR, "delete-one with TTL or meta type")
-            if rrset.deleting == dns.rdataclass.ANY and rdtype in META_TYPES - {dns.rdatatype.ANY}:
+            if rr.deleting == dns.rdataclass.ANY and rdtype in META_TYPES - {dns.rdatatype.ANY}:
                 raise UpdateFailed(dns.rcode.FORMERR, f"cannot delete type {_t(rdtype)}")
-        if msg.update and entry.zone != zone.origin:
+        if updates and entry.zone != zone.origin:
             raise UpdateFailed(dns.rcode.REFUSED, f"key {entry.name} may not update zone {zone.origin}")
-        for rrset, nk in zip(msg.update, keys, strict=True):
-            rdtype = rrset.rdtype
+        for rr, nk in zip(updates, keys, strict=True):
+            rdtype = rr.rdtype
             if nk == origin or nk in zone.server_keys:
-                raise UpdateFailed(dns.rcode.REFUSED, f"{rrset.name} is the apex or a server-owned name")
+                raise UpdateFailed(dns.rcode.REFUSED, f"{rr.name} is the apex or a server-owned name")
             if rdtype not in ALLOWED_TYPES and not (
-                    rrset.deleting == dns.rdataclass.ANY and rdtype == dns.rdatatype.ANY):
+                    rr.deleting == dns.rdataclass.ANY and rdtype == dns.rdatatype.ANY):
                 raise UpdateFailed(dns.rcode.REFUSED, f"type {_t(rdtype)} is not allowed by policy")
+        return keys
 
-    def _compute(self, zone: Zone, msg: dns.update.UpdateMessage, expires: float | None) -> list[_Work]:
+    def _compute(self, zone: Zone, updates: list[UpRR], keys: list[NameKey],
+                 expires: float | None) -> list[_Work]:
         works: dict[tuple[NameKey, int], _Work] = {}
+        nodes = zone.nodes
 
-        def work(name: dns.name.Name, rdtype: int) -> _Work:
-            key = (nkey(name), rdtype)
-            found = works.get(key)
+        def work(name: dns.name.Name, nk: NameKey, rdtype: int) -> _Work:
+            found = works.get((nk, rdtype))
             if found is None:
-                existing = zone.rrset(name, rdtype)
-                owner = zone.owner(name)
-                found = works[key] = _Work(owner, rdtype, existing)
+                node = nodes.get(nk)
+                if node is None:
+                    found = _Work(name, rdtype, {})
+                else:
+                    found = _Work(node.name, rdtype, node.rrsets.get(rdtype, {}))
+                works[(nk, rdtype)] = found
             return found
 
-        for rrset in msg.update:
-            name, rdtype = rrset.name, rrset.rdtype
-            if rrset.deleting is None:
-                w = work(name, rdtype)
-                for rd in rrset:
-                    new = Rec(rd, rrset.ttl, expires, 0)
-                    key = rec_key(new)
-                    old = w.get(key)
-                    w.overlay[key] = old.relet(rrset.ttl, expires) if old is not None and old.rid else new
-            elif rrset.deleting == dns.rdataclass.ANY:
-                if rdtype == dns.rdatatype.ANY:
-                    node = zone.node(name)
-                    types = set(node.rrsets) if node else set()
-                    types |= {t for (n, t) in works if n == nkey(name)}
-                    for t in types:
-                        work(name, t).clear()
+        for rr, nk in zip(updates, keys, strict=True):
+            name, rdtype = rr.name, rr.rdtype
+            if rr.deleting is None:
+                w = work(name, nk, rdtype)
+                key = rr.key
+                old = w.get(key)
+                if old is not None and old.rid:
+                    w.overlay[key] = old.relet(rr.ttl, expires)
                 else:
-                    work(name, rdtype).clear()
+                    w.overlay[key] = Rec(None, rr.ttl, expires, 0, wire=rr.wire, rdtype=rdtype)
+            elif rr.deleting == dns.rdataclass.ANY:
+                if rdtype == dns.rdatatype.ANY:
+                    node = nodes.get(nk)
+                    types = set(node.rrsets) if node else set()
+                    types |= {t for (n, t) in works if n == nk}
+                    for t in types:
+                        work(name, nk, t).clear()
+                else:
+                    work(name, nk, rdtype).clear()
             else:
-                w = work(name, rdtype)
-                for rd in rrset:
-                    key = rec_key(Rec(rd, 0, None, 0))
-                    if w.get(key) is not None:
-                        w.overlay[key] = None
+                w = work(name, nk, rdtype)
+                if w.get(rr.key) is not None:
+                    w.overlay[rr.key] = None
         return list(works.values())
 
     def _commit(self, zone: Zone, works: list[_Work]) -> str:
@@ -490,8 +598,8 @@ class ServerCore:
             zone.set_serial(serial)
             self.udp_cache = {}
         self._notify(pushes)
-        parts = [f"add {n} {_t(r.rdtype)}" for n, r, _ in new_recs[:6]]
-        parts += [f"del {n} {_t(r.rdtype)}" for n, r in deletes[:6]]
+        parts = [f"add {name_text(n)} {_t(r.rdtype)}" for n, r, _ in new_recs[:6]]
+        parts += [f"del {name_text(n)} {_t(r.rdtype)}" for n, r in deletes[:6]]
         total = len(new_recs) + len(deletes)
         if updates and not parts:
             parts.append(f"refresh {len(updates)} records")
@@ -572,5 +680,8 @@ class ServerCore:
             callback(batch)
 
 
+_TYPE_TEXT = {int(t): dns.rdatatype.to_text(t) for t in dns.rdatatype.RdataType}
+
+
 def _t(rdtype: int) -> str:
-    return dns.rdatatype.to_text(dns.rdatatype.RdataType.make(rdtype))
+    return _TYPE_TEXT.get(rdtype) or dns.rdatatype.to_text(dns.rdatatype.RdataType.make(rdtype))

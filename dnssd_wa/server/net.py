@@ -7,8 +7,9 @@ How this works
   a patched-in ID). Anything else is handed to the event loop thread, which runs the
   core and fills the cache. The core replaces the cache with an empty dict on every
   change, so the thread never answers from stale data after an UPDATE was acknowledged.
-* **TCP / TLS**: RFC 7766 framing (2-byte length), pipelined: requests are answered in
-  order as they are read; idle connections close after 30 s. A message with opcode DSO
+* **TCP / TLS**: one :class:`DnsStream` protocol per connection. RFC 7766 framing
+  (2-byte length), pipelined: requests are answered in order as they are read; idle
+  connections close after 30 s. A message with opcode DSO
   turns the connection into a DSO session (RFC 8490), which carries DNS Push
   (RFC 8765) SUBSCRIBE / PUSH / UNSUBSCRIBE.
 * **Leases**: a task sleeps until the next lease end (or until an UPDATE kicks it) and
@@ -25,7 +26,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import dns.name
 import dns.rcode
@@ -185,6 +186,111 @@ class DsoSession:
         self.subs.clear()
 
 
+class DnsStream(asyncio.Protocol):
+    """One TCP or TLS connection: RFC 7766 framing, requests answered in order as they
+    arrive (pipelining), DSO sessions, idle timeouts, and reading paused while the peer
+    does not read our answers. A Protocol rather than StreamReader/StreamWriter: one
+    callback per segment, no task switch per message."""
+
+    def __init__(self, server: Server, proto: str) -> None:
+        self.server = server
+        self.core = server.core
+        self.proto = proto
+        self.transport: asyncio.Transport | None = None
+        self.peer = "?"
+        self.buffer = b""
+        self.session: DsoSession | None = None
+        self.last = time.monotonic()
+        self.timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        transport = cast(asyncio.Transport, transport)  # create_server hands stream transports
+        self.transport = transport
+        transport.set_write_buffer_limits(high=65536)
+        peername = transport.get_extra_info("peername")
+        self.peer = f"{peername[0]}#{peername[1]}" if peername else "?"
+        self.server.streams.add(self)
+        self._arm(IDLE_TIMEOUT)
+
+    def _timeout(self) -> float | None:
+        if self.session is None:
+            return IDLE_TIMEOUT
+        if self.session.subs:
+            return None  # long-lived operations keep a DSO session active (RFC 8490 §6.2)
+        return KEEPALIVE.inactivity_timeout_ms / 1000 * 2
+
+    def _arm(self, delay: float) -> None:
+        self.timer = asyncio.get_running_loop().call_later(delay, self._check_idle)
+
+    def _check_idle(self) -> None:
+        self.timer = None
+        if self.transport is None or self.transport.is_closing():
+            return
+        timeout = self._timeout()
+        if timeout is None:
+            self._arm(IDLE_TIMEOUT)  # look again later: the subscriptions may end
+            return
+        left = self.last + timeout - time.monotonic()
+        if left <= 0:
+            self.transport.close()
+        else:
+            self._arm(left)
+
+    def data_received(self, data: bytes) -> None:
+        self.last = time.monotonic()
+        buffer = self.buffer + data if self.buffer else data
+        at, size = 0, len(buffer)
+        transport = self.transport
+        while size - at >= 2 and transport is not None and not transport.is_closing():
+            end = at + 2 + (buffer[at] << 8 | buffer[at + 1])
+            if end > size:
+                break
+            self._message(buffer[at + 2:end])
+            at = end
+        self.buffer = buffer[at:] if at < size else b""
+
+    def _message(self, data: bytes) -> None:
+        if dso.is_dso(data):
+            if self.session is None:
+                self.session = DsoSession(self.core, self.send)
+            if not self.session.handle(data) and self.transport is not None:
+                self.transport.close()
+            return
+        out = self.core.handle(data, self.proto, time.time(), self.peer)
+        if out is not None:
+            self.send(out)
+
+    def send(self, data: bytes) -> None:
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        if transport.get_write_buffer_size() > MAX_WRITE_BUFFER:
+            transport.close()  # a subscriber that stopped reading: drop it, not our memory
+            return
+        transport.write(len(data).to_bytes(2, "big") + data)
+
+    def pause_writing(self) -> None:
+        if self.transport is not None:
+            self.transport.pause_reading()  # a pipelining client that does not read: wait
+
+    def resume_writing(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.resume_reading()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        if self.session is not None:
+            self.session.close()
+        self.server.streams.discard(self)
+        self.transport = None
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+
 class Server:
     """All listeners of one btmm-serve process."""
 
@@ -195,7 +301,7 @@ class Server:
         self.listeners: list[dict[str, str]] = []
         self.kick = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
-        self._writers: set[asyncio.StreamWriter] = set()
+        self.streams: set[DnsStream] = set()
 
     async def start(self, listen: list[str], tls_listen: list[str], ssl_ctx: ssl.SSLContext | None) -> None:
         loop = asyncio.get_running_loop()
@@ -205,8 +311,8 @@ class Server:
                 udp = UdpListener(self.core, loop, address)
                 bound = int(udp.address.rpartition(":")[2])  # port 0: TCP follows UDP's port
                 try:
-                    tcp = await asyncio.start_server(lambda r, w: self._stream(r, w, "tcp"), host, bound,
-                                                     reuse_address=True)
+                    tcp = await loop.create_server(lambda: DnsStream(self, "tcp"), host, bound,
+                                                   reuse_address=True)
                 except OSError:
                     udp.close()
                     if port != 0 or attempt == 19:
@@ -219,9 +325,8 @@ class Server:
             self.listeners.append({"proto": "tcp", "address": _bound(tcp)})
         for address in tls_listen:
             host, port = _split(address)
-            tls = await asyncio.start_server(lambda r, w: self._stream(r, w, "tls"), host, port,
-                                             ssl=ssl_ctx, reuse_address=True,
-                                             ssl_handshake_timeout=10)
+            tls = await loop.create_server(lambda: DnsStream(self, "tls"), host, port, ssl=ssl_ctx,
+                                           reuse_address=True, ssl_handshake_timeout=10)
             self.servers.append(tls)
             self.listeners.append({"proto": "tls", "address": _bound(tls)})
         for udp in self.udp:
@@ -235,8 +340,8 @@ class Server:
             task.cancel()
         for server in self.servers:
             server.close()
-        for writer in list(self._writers):
-            writer.close()
+        for stream in list(self.streams):
+            stream.close()
         for server in self.servers:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(server.wait_closed(), 2)
@@ -251,51 +356,6 @@ class Server:
                 await asyncio.wait_for(self.kick.wait(), delay)
             self.kick.clear()
             self.core.expire(time.time())
-
-    async def _stream(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, proto: str) -> None:
-        self._writers.add(writer)
-        peername = writer.get_extra_info("peername")
-        peer = f"{peername[0]}#{peername[1]}" if peername else "?"
-        session: DsoSession | None = None
-
-        def send(data: bytes) -> None:
-            if writer.is_closing():
-                return
-            if writer.transport.get_write_buffer_size() > MAX_WRITE_BUFFER:
-                writer.close()  # a subscriber that stopped reading: drop it, not our memory
-                return
-            writer.write(len(data).to_bytes(2, "big") + data)
-
-        try:
-            while True:
-                if session is None:
-                    timeout: float | None = IDLE_TIMEOUT
-                elif session.subs:
-                    timeout = None  # long-lived operations keep a DSO session active (RFC 8490 §6.2)
-                else:
-                    timeout = KEEPALIVE.inactivity_timeout_ms / 1000 * 2
-                async with asyncio.timeout(timeout):
-                    header = await reader.readexactly(2)
-                data = await reader.readexactly(int.from_bytes(header, "big"))
-                if dso.is_dso(data):
-                    if session is None:
-                        session = DsoSession(self.core, send)
-                    if not session.handle(data):
-                        break
-                else:
-                    out = self.core.handle(data, proto, time.time(), peer)
-                    if out is not None:
-                        send(out)
-                if writer.transport.get_write_buffer_size() > 65536:
-                    await writer.drain()
-        except (asyncio.IncompleteReadError, ConnectionError, TimeoutError, ssl.SSLError, OSError):
-            pass
-        finally:
-            if session is not None:
-                session.close()
-            self._writers.discard(writer)
-            with contextlib.suppress(Exception):
-                writer.close()
 
 
 def _bound(server: asyncio.Server) -> str:

@@ -19,6 +19,8 @@ configuration and live in the same structure with ``rid = 0``; they are never st
 
 from __future__ import annotations
 
+import re
+import struct
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import cast
@@ -74,6 +76,25 @@ class Rec:
 NameKey = tuple[bytes, ...]
 
 
+def make_name(labels: tuple[bytes, ...]) -> dns.name.Name:
+    """A ``dns.name.Name`` from labels already checked by a parser (absolute: ends with
+    b"", each label ≤ 63 bytes, ≤ 255 in all): skips dnspython's per-label validation."""
+    name = object.__new__(dns.name.Name)
+    object.__setattr__(name, "labels", labels)
+    return name
+
+
+_NEEDS_ESCAPE = re.compile(rb'[^\x21-\x7e]|["().;\\@$]')
+
+
+def name_text(name: dns.name.Name) -> str:
+    """``name.to_text()``, joined directly when no label needs dnspython's escaping."""
+    labels = name.labels
+    if len(labels) > 1 and not labels[-1] and not any(_NEEDS_ESCAPE.search(label) for label in labels[:-1]):
+        return b".".join(labels).decode("ascii")
+    return name.to_text()
+
+
 def nkey(name: dns.name.Name) -> NameKey:
     """A dict key for a name: its lower-cased labels. ``dns.name.Name`` hashes in a Python
     loop over every character, on every lookup; a tuple of bytes hashes in C, cached."""
@@ -102,6 +123,7 @@ class Zone:
         self.origin_text = self.origin.to_text()
 
     _soa_cache: tuple[dns.name.Name, dns.name.Name] | None = None
+    _soa_wire: tuple[bytes, bytes] | None = None
 
     @property
     def _soa_names(self) -> tuple[dns.name.Name, dns.name.Name]:
@@ -138,7 +160,7 @@ class Zone:
     def _intern(self, name: dns.name.Name) -> dns.name.Name:
         """The name rebuilt from shared label objects (``_tcp``, the zone's labels, ...)."""
         labels = self._labels
-        return dns.name.Name(tuple(labels.setdefault(label, label) for label in name.labels))
+        return make_name(tuple([labels.setdefault(label, label) for label in name.labels]))
 
     def remove(self, name: dns.name.Name, rec: Rec) -> bool:
         nk = nkey(name)
@@ -231,8 +253,15 @@ class Zone:
         recs = node.rrsets.get(dns.rdatatype.SOA) if node is not None else None
         if recs:
             recs.clear()
-            soa = self.soa_rdata()
-            recs[canon(soa)] = Rec(soa, SOA_TTL, None, 0)
+            if self._soa_wire is None:
+                mname, rname = self._soa_names
+                self._soa_wire = ((mname.to_wire() or b"") + (rname.to_wire() or b""),
+                                  mname.to_digestable() + rname.to_digestable())
+            names, canonical = self._soa_wire
+            numbers = struct.pack("!IIIII", serial, 3600, 600, 86400, NEGATIVE_TTL)
+            # keyed like canon(self.soa_rdata()): the names lower-cased, then the numbers
+            recs[canonical + numbers] = Rec(None, SOA_TTL, None, 0, wire=names + numbers,
+                                            rdtype=dns.rdatatype.SOA)
 
     def soa_rrset(self, ttl: int | None = None) -> dns.rrset.RRset:
         rrset = dns.rrset.RRset(self.origin, dns.rdataclass.IN, dns.rdatatype.SOA)
