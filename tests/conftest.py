@@ -35,23 +35,32 @@ def lab() -> Iterator[Lab]:
         yield the_lab
 
 
-@pytest.fixture
-def btmm_env(tmp_path: Path) -> dict[str, str]:
-    """Environment for running btmm commands with a private config and state dir."""
+def private_env(root: Path) -> dict[str, str]:
+    """Environment for btmm commands with config and state under ``root`` (no inherited account)."""
     env = dict(os.environ)
-    env["XDG_CONFIG_HOME"] = str(tmp_path / "config")
-    env["XDG_STATE_HOME"] = str(tmp_path / "state")
+    env["XDG_CONFIG_HOME"] = str(root / "config")
+    env["XDG_STATE_HOME"] = str(root / "state")
     env.pop("BTMM_ACCOUNT", None)
     env.pop("BTMM_STATE_DIR", None)
     env["COLUMNS"] = "200"
     return env
 
 
+def make_account(root: Path, env: dict[str, str], domain: str = "bob.members.example") -> Path:
+    """A fresh account file ``root/account.json`` created by the real btmm-account."""
+    path = root / "account.json"
+    subprocess.run([script("btmm-account"), "--account", str(path), "init", "--domain", domain, "--json"],
+                   check=True, env=env, capture_output=True, timeout=30)
+    return path
+
+
+@pytest.fixture
+def btmm_env(tmp_path: Path) -> dict[str, str]:
+    """Environment for running btmm commands with a private config and state dir."""
+    return private_env(tmp_path)
+
+
 @pytest.fixture
 def account_file(tmp_path: Path, btmm_env: dict[str, str]) -> Path:
     """A fresh account file for bob.members.example created by the real btmm-account."""
-    path = tmp_path / "account.json"
-    subprocess.run([script("btmm-account"), "--account", str(path), "init", "--domain",
-                    "bob.members.example", "--json"], check=True, env=btmm_env,
-                   capture_output=True)
-    return path
+    return make_account(tmp_path, btmm_env)

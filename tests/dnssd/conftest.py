@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import script
+from tests.conftest import make_account, private_env, script
 from tests.dnssd.servers import KIND_IDS, SERVER_KINDS, ServerUnderTest, start
 from tools.account_file import Account, load_account
 
@@ -38,23 +36,11 @@ class DnsEnv:
         return f"{prefix}{self.counter[0]}"
 
 
-def make_account(root: Path, env: dict[str, str], domain: str = "bob.members.example") -> Path:
-    path = root / "account.json"
-    subprocess.run([script("btmm-account"), "--account", str(path), "init", "--domain", domain, "--json"],
-                   check=True, env=env, capture_output=True, timeout=30)
-    return path
-
-
 @pytest.fixture(scope="package", params=SERVER_KINDS, ids=KIND_IDS)
 def dns_env(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[DnsEnv]:
     kind: str = request.param
     root = tmp_path_factory.mktemp(f"dnssd-{kind}")
-    env = dict(os.environ)
-    env["XDG_CONFIG_HOME"] = str(root / "config")
-    env["XDG_STATE_HOME"] = str(root / "state")
-    env.pop("BTMM_ACCOUNT", None)
-    env.pop("BTMM_STATE_DIR", None)
-    env["COLUMNS"] = "200"
+    env = private_env(root)
     account_file = make_account(root, env)
     account = load_account(str(account_file))
     server = start(kind, account_file, account, root, script)

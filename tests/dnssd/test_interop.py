@@ -567,7 +567,7 @@ def test_discovery_by_dns_update_tls_srv(tmp_path: Path) -> None:
 
     env = dict(os.environ)
     env["XDG_CONFIG_HOME"], env["XDG_STATE_HOME"] = str(tmp_path / "c"), str(tmp_path / "s")
-    from tests.dnssd.conftest import make_account
+    from tests.conftest import make_account
     from tools.account_file import load_account
 
     account_file = make_account(tmp_path, env, "disco.members.example")
