@@ -260,8 +260,7 @@ class _Warmer:
     def run(self) -> int:
         """Seal and open once; the opened length (100), EspError if something is broken."""
         self._out.seq = 0
-        replay = self._in.replay
-        replay.top = replay.bitmap = 0
+        self._in.replay.reset()
         n = self._out.seal_into(self._obuf, self._pbuf, 100)
         return self._in.open_into(self._obuf[:n], self._dbuf)[2]
 

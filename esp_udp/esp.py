@@ -47,7 +47,6 @@ ESP_HEADER = struct.Struct("!II")
 _HEADER_IV = struct.Struct("!IIQ")  # SPI, sequence number, IV (= 64-bit counter)
 _NONCE = struct.Struct("!IQ")  # salt ‖ IV
 _AAD_NONCE = struct.Struct("!IIIQ")  # SPI, sequence number (the AAD) ‖ salt, IV (the nonce)
-_U64 = struct.Struct("!Q")
 HEADER_LEN = 8
 IV_LEN = 8
 ICV_LEN = 16
@@ -73,11 +72,6 @@ _TRAILERS: dict[int, tuple[bytes, bytes, bytes, bytes]] = {
     nh: (bytes((1, 2, 2, nh)), bytes((1, 1, nh)), bytes((0, nh)), bytes((1, 2, 3, 3, nh)))
     for nh in range(256)
 }
-# Padding check on one 64-bit word holding the last 8 plaintext bytes (pad length ≤ 6):
-# the ``pad`` bytes before the pad-length byte must be 1, 2, .., pad.
-_FAST_PAD_MAX = 6
-_PAD_MASK = tuple((1 << (8 * p)) - 1 for p in range(_FAST_PAD_MAX + 1))
-_PAD_WANT = tuple(int.from_bytes(_PAD[:p], "big") for p in range(_FAST_PAD_MAX + 1))
 
 Aead = AESGCM | ChaCha20Poly1305
 
@@ -205,7 +199,8 @@ class Opened:
 class InboundSA:
     """The receiving half of an SA: replay window, verification, trailer checks."""
 
-    __slots__ = ("_aead", "_decrypt_into", "_salt", "_salt_int", "replay", "spi", "suite")
+    __slots__ = ("_aad", "_aead", "_decrypt_into", "_nonce", "_salt", "_salt_int", "_scratch", "replay",
+                 "spi", "suite")
 
     def __init__(self, spi: int, suite: Suite, keymat: bytes, *, window: int = DEFAULT_WINDOW) -> None:
         self.spi = spi
@@ -213,6 +208,12 @@ class InboundSA:
         self._aead, self._salt = make_aead(suite, keymat)
         self._salt_int = int.from_bytes(self._salt, "big")
         self._decrypt_into = self._aead.decrypt_into
+        # AAD (SPI ‖ seq) and nonce (salt ‖ IV) of the packet being opened: one pack_into per
+        # packet into this scratch, read through two views made once (as in OutboundSA).
+        self._scratch = bytearray(_AAD_NONCE.size)
+        view = memoryview(self._scratch)
+        self._aad = view[:HEADER_LEN]
+        self._nonce = view[HEADER_LEN:]
         self.replay = ReplayWindow(window)
 
     def open(self, packet: bytes | bytearray | memoryview) -> Opened:
@@ -240,9 +241,9 @@ class InboundSA:
         if seq <= top:
             replay.check(seq)
         ptlen = n - _SEAL_EXTRA
+        _AAD_NONCE.pack_into(self._scratch, 0, spi, seq, self._salt_int, iv)
         try:
-            self._decrypt_into(_NONCE.pack(self._salt_int, iv), packet[HEADER_LEN + IV_LEN:],
-                               packet[:HEADER_LEN], out[:ptlen])
+            self._decrypt_into(self._nonce, packet[HEADER_LEN + IV_LEN:], self._aad, out[:ptlen])
         except InvalidTag:
             raise AuthenticationError(f"ICV check failed for SPI {spi:08x} seq {seq}") from None
         except ValueError:  # cryptography: "buffer must be N bytes" (out is too short)
@@ -250,23 +251,20 @@ class InboundSA:
                               DropReason.TOO_BIG) from None
         # Authentic: only now may the window move (``top`` is unchanged since the pre-check,
         # only this thread touches the window).
-        if seq > top:  # the common case, inlined: slide the window
-            shift = seq - top
-            replay.bitmap = (((replay.bitmap << shift) | 1) & replay.mask) if shift < replay.size else 1
+        if seq > top:  # the common case, inlined: one store into the ring (esp_udp.replay)
+            replay.ring[seq % replay.size] = seq
             replay.top = seq
         else:
             replay.update(seq)
-        if ptlen >= 8:  # trailer and up to 6 pad bytes from one 64-bit word
-            word = _U64.unpack_from(out, ptlen - 8)[0]
-            pad = (word >> 8) & 0xFF
-            next_header = word & 0xFF
-            if pad > _FAST_PAD_MAX:
-                bad = _bad_padding(out, ptlen, pad)
-            else:
-                bad = (word >> 16) & _PAD_MASK[pad] != _PAD_WANT[pad]
+        pad = out[ptlen - 2]
+        next_header = out[ptlen - 1]
+        if pad == 0:
+            bad = False
+        elif pad == 1:
+            bad = ptlen < 3 or out[ptlen - 3] != 1
+        elif pad == 2:
+            bad = ptlen < 4 or out[ptlen - 4] != 1 or out[ptlen - 3] != 2
         else:
-            pad = out[ptlen - 2]
-            next_header = out[ptlen - 1]
             bad = _bad_padding(out, ptlen, pad)
         if bad:
             raise DecodeError(f"bad padding (pad length {pad}) in SPI {spi:08x} seq {seq}",
