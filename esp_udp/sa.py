@@ -118,9 +118,22 @@ def parse_inner(value: object, field: str = "inner") -> ipaddress.IPv6Address:
     return address
 
 
+def parse_inner4(value: object, field: str = "inner4") -> ipaddress.IPv4Address:
+    if not isinstance(value, str):
+        raise ConfigError(f"{field} must be an IPv4 address string")
+    try:
+        return ipaddress.IPv4Address(value.split("/")[0])
+    except ValueError:
+        raise ConfigError(f"{field} {value!r} is not an IPv4 address") from None
+
+
 @dataclass(frozen=True)
 class SAParams:
-    """The SA pair with one peer: what ike_lite negotiates or a static-keys file holds."""
+    """The SA pair with one peer: what ike_lite negotiates or a static-keys file holds.
+
+    ``inner4`` (optional, ``"inner4": "10.x.y.z"`` in the plain dict): the peer's inner IPv4
+    address; the tunnel then also carries IPv4 to and from that one address.
+    """
 
     inner: ipaddress.IPv6Address
     outer: tuple[str, int]
@@ -129,6 +142,7 @@ class SAParams:
     spi_out: int
     key_in: bytes
     key_out: bytes
+    inner4: ipaddress.IPv4Address | None = None
 
     def __post_init__(self) -> None:
         for field, key in (("key_in", self.key_in), ("key_out", self.key_out)):
@@ -158,11 +172,12 @@ class SAParams:
             spi_out=parse_spi(data["spi_out"], "spi_out"),
             key_in=parse_key(data["key_in"], "key_in", suite),
             key_out=parse_key(data["key_out"], "key_out", suite),
+            inner4=parse_inner4(data["inner4"]) if data.get("inner4") is not None else None,
         )
 
     def to_json(self) -> dict[str, Any]:
         """The plain dict form (the inverse of :meth:`from_json`). Contains secrets."""
-        return {
+        data: dict[str, Any] = {
             "inner": str(self.inner),
             "outer": f"{self.outer[0]}:{self.outer[1]}",
             "suite": self.suite.value,
@@ -171,11 +186,15 @@ class SAParams:
             "key_in": self.key_in.hex(),
             "key_out": self.key_out.hex(),
         }
+        if self.inner4 is not None:
+            data["inner4"] = str(self.inner4)
+        return data
 
-    def mirrored(self, inner: ipaddress.IPv6Address, outer: tuple[str, int]) -> SAParams:
-        """The same SA pair seen from the peer (``inner``/``outer`` are this host's)."""
+    def mirrored(self, inner: ipaddress.IPv6Address, outer: tuple[str, int],
+                 inner4: ipaddress.IPv4Address | None = None) -> SAParams:
+        """The same SA pair seen from the peer (``inner``/``outer``/``inner4`` are this host's)."""
         return SAParams(inner=inner, outer=outer, suite=self.suite, spi_in=self.spi_out,
-                        spi_out=self.spi_in, key_in=self.key_out, key_out=self.key_in)
+                        spi_out=self.spi_in, key_in=self.key_out, key_out=self.key_in, inner4=inner4)
 
     def public(self) -> dict[str, Any]:
         """Everything but the keys (for records and logs)."""

@@ -123,7 +123,9 @@ class TunDevice:
         self.tso = False
         if offload and tso:
             try:
-                fcntl.ioctl(self.fd, TUNSETOFFLOAD, TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6)
+                # IPv6 TCP only: the segmenter (esp_udp.offload) cuts IPv6 super-packets;
+                # inner IPv4 stays one packet per read (checksum offload still applies)
+                fcntl.ioctl(self.fd, TUNSETOFFLOAD, TUN_F_CSUM | TUN_F_TSO6)
                 self.tso = True
             except OSError:
                 pass  # the header stays; the kernel hands over plain packets
