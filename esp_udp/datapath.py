@@ -502,15 +502,17 @@ class Datapath:
             if inner4 is not None:
                 self.tun.add_route(inner4, self.mtu)
             if stale4 is not None:
-                self.tun.remove_route(stale4)
+                self._unroute_host(stale4)
 
     def route_prefix(self, prefix: str) -> None:
         """Route ``prefix`` (e.g. the account's ULA /48, or one ULA) into the TUN device.
 
         Packets to addresses in it without a peer then reach the datapath: dropped as
         ``no_route``, or held and announced through ``on_demand``. Peers' /128 routes are
-        more specific and coexist with it. Works before :meth:`start` (applied then) and
-        after; idempotent.
+        more specific and coexist with it; a single address (``"fd00:1:2::5"``, a /128) may
+        also be a peer's: :meth:`remove_peer` then keeps the route, :meth:`unroute_prefix`
+        keeps it while the peer exists. Works before :meth:`start` (applied then) and after;
+        idempotent.
         """
         try:
             net = ipaddress.ip_network(prefix, strict=False)
@@ -529,8 +531,20 @@ class Datapath:
             raise ConfigError(f"route prefix {prefix!r} is not an IP prefix (e.g. fd00:1:2::/48)") from None
         with self._lock:
             self._prefixes.discard(net)
-        if self.tun is not None:
+        if self.tun is None:
+            return
+        if net.prefixlen == net.max_prefixlen and self._lookup(net.network_address.packed) is not None:
+            self.tun.prefixes.discard(net)  # the same host route is a peer's: it stays
+        else:
             self.tun.remove_prefix(net)
+
+    def _unroute_host(self, address: ipaddress.IPv6Address | ipaddress.IPv4Address) -> None:
+        """Remove a peer's host route, unless the owner routed that address itself."""
+        assert self.tun is not None
+        if ipaddress.ip_network(address) in self._prefixes:
+            self.tun.routes.discard(address)  # identical route from route_prefix(): keep it
+        else:
+            self.tun.remove_route(address)
 
     def remove_peer(self, inner: str | ipaddress.IPv6Address) -> None:
         """Forget a peer: its SAs, its route."""
@@ -544,9 +558,9 @@ class Datapath:
             if peer.inner4 is not None:
                 self._peers4 = {k: v for k, v in self._peers4.items() if v is not peer}
         if self.tun is not None:
-            self.tun.remove_route(peer.inner)
+            self._unroute_host(peer.inner)
             if peer.inner4 is not None:
-                self.tun.remove_route(peer.inner4)
+                self._unroute_host(peer.inner4)
 
     def _drop_peer_locked(self, peer: _Peer) -> None:
         spis = set(peer.inbound_spis)
@@ -742,12 +756,11 @@ class Datapath:
                 n = os.readv(tun_fd, (pbuf,))
             except OSError:
                 break
-            version = pbuf[base] >> 4 if n > base else 0
-            if version == 6 and n >= base + 40:
+            if n >= base + 40 and pbuf[base] >> 4 == 6:
                 key = bytes(pview[base + 24:base + 40])
                 peer = peers.get(key)
                 nh = NH_IPV6
-            elif version == 4 and n >= base + 20:  # inner IPv4: routed by the peers' inner4
+            elif n >= base + 20 and pbuf[base] >> 4 == 4:  # inner IPv4: routed by the peers' inner4
                 key = bytes(pview[base + 16:base + 20])
                 peer = self._peers4.get(key)
                 nh = NH_IPV4
@@ -768,6 +781,15 @@ class Datapath:
                 self._release(key)
             if not offload:
                 self._queue(peer, sa, pview, n, nh)
+                continue
+            if pbuf[1] == GSO_NONE:  # the common case inlined: one packet (_send_read does the rest)
+                try:
+                    if pbuf[0] & F_NEEDS_CSUM:
+                        _, _, _, _, csum_start, csum_offset = VNET_HDR.unpack_from(pbuf, 0)
+                        finish_checksum(pview[base:n], csum_start, csum_offset)
+                    self._queue(peer, sa, pview[base:], n - base, nh)
+                except EspError as exc:
+                    peer.counters.drop(exc.reason)
                 continue
             self._send_read(peer, sa, pbuf, pview, n, nh)
         self._flush_batch()

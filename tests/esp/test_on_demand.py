@@ -134,6 +134,20 @@ def test_on_demand_hold_release_and_expiry(topo: tuple[Lab, str, str]) -> None:
         a.unroute_prefix(PREFIX)
         routes = lab.run(ns_a, ["ip", "-6", "route", "show", "dev", "btmmod0"]).stdout.decode()
         assert "fd00:6::/32" not in routes and f"{B_INNER} " in routes
+
+        # One ULA routed by the owner (armed on-demand peer) and also a peer's host route:
+        # removing the peer keeps the owner's route, unrouting it keeps the peer's.
+        a.route_prefix(B_INNER)
+        a.remove_peer(B_INNER)
+        routes = lab.run(ns_a, ["ip", "-6", "route", "show", "dev", "btmmod0"]).stdout.decode()
+        assert f"{B_INNER} " in routes
+        a.add_peer(qa)
+        a.unroute_prefix(B_INNER)
+        routes = lab.run(ns_a, ["ip", "-6", "route", "show", "dev", "btmmod0"]).stdout.decode()
+        assert f"{B_INNER} " in routes
+        a.remove_peer(B_INNER)
+        routes = lab.run(ns_a, ["ip", "-6", "route", "show", "dev", "btmmod0"]).stdout.decode()
+        assert f"{B_INNER} " not in routes
     finally:
         a.close()
         b.close()
