@@ -7,8 +7,11 @@ Run: ``.venv/bin/python bench/serve_bench.py [--seconds 10] [--registrations 300
   NXDOMAIN), ``-c 4 -q 200`` (``--dnsperf-args``) for ``--seconds``; the servers run one
   after the other.
 * registration: one atomic UPDATE with a host's 10 records (DESIGN.md §4), TSIG-signed,
-  sequentially on one TCP connection; median and p90 of the round trip. btmm-serve runs
-  with its default ``--sync full`` (fsync per commit).
+  sequentially on one TCP connection per server; median and p90 of the round trip.
+  Both servers run at the same time and get the registrations in alternating blocks of
+  ``--block`` (so load from elsewhere on the machine hits both alike). btmm-serve runs
+  with its default ``--sync full`` (fsync per commit); BIND 9.18 fsyncs its journal too
+  (twice per UPDATE, seen with strace).
 * push: a DNS Push subscriber on btmm-serve's TLS listener; time from sending an UPDATE
   (on TCP) to the PUSH arriving, median of ``--pushes`` rounds (BIND has no DNS Push).
 
@@ -79,17 +82,34 @@ def dnsperf(port: int, seconds: int, workdir: Path) -> float:
     return float(match.group(1))
 
 
-def registration_latency(port: int, key: dns.tsig.Key, rounds: int, first: int) -> list[float]:
+def _register(sock: socket.socket, key: dns.tsig.Key, first: int, rounds: int) -> list[float]:
     samples = []
     wires = [host_update(ZONE, first + i, key).to_wire() for i in range(rounds)]
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
-        for wire in wires:
-            t0 = time.perf_counter()
-            reply = _exchange(sock, wire)
-            samples.append(time.perf_counter() - t0)
-            rcode = dns.message.from_wire(reply, keyring=False).rcode()
-            if rcode != dns.rcode.NOERROR:
-                raise RuntimeError(f"registration refused: {dns.rcode.to_text(rcode)}")
+    for wire in wires:
+        t0 = time.perf_counter()
+        reply = _exchange(sock, wire)
+        samples.append(time.perf_counter() - t0)
+        rcode = dns.message.from_wire(reply, keyring=False).rcode()
+        if rcode != dns.rcode.NOERROR:
+            raise RuntimeError(f"registration refused: {dns.rcode.to_text(rcode)}")
+    return samples
+
+
+def interleaved_registrations(ports: dict[str, int], key: dns.tsig.Key, rounds: int,
+                              block: int) -> dict[str, list[float]]:
+    """``rounds`` registrations per server, in alternating blocks of ``block``."""
+    samples: dict[str, list[float]] = {name: [] for name in ports}
+    socks = {name: socket.create_connection(("127.0.0.1", port), timeout=10) for name, port in ports.items()}
+    try:
+        done = 0
+        while done < rounds:
+            count = min(block, rounds - done)
+            for name, sock in socks.items():
+                samples[name] += _register(sock, key, 1000 + done, count)
+            done += count
+    finally:
+        for sock in socks.values():
+            sock.close()
     return samples
 
 
@@ -123,6 +143,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--registrations", type=int, default=300)
     parser.add_argument("--pushes", type=int, default=100)
+    parser.add_argument("--block", type=int, default=25, help="registrations per server in turn")
     parser.add_argument("--dnsperf-args", default=" ".join(DNSPERF_ARGS),
                         help="dnsperf load options (default: %(default)s)")
     args = parser.parse_args()
@@ -132,22 +153,24 @@ def main() -> None:
     key = account_key(account)
     zone = PeerZone(ZONE.rstrip("."), key.name.to_text().rstrip("."), key.secret)
     results: dict[str, dict[str, float]] = {}
-    print("BIND 9.18 (named, 2 worker threads by default on this 2-core VM)")
-    with BindServer([zone], tls=False, max_records_per_type=0, workdir=work / "bind") as bind:
+    print("BIND 9.18 (named, 2 worker threads by default on this 2-core VM) and btmm-serve, both running")
+    with BindServer([zone], tls=False, max_records_per_type=0, workdir=work / "bind") as bind, \
+            ServeProc(work, account, "--rate-limit", "0") as serve:
         seed(bind.port, key)
-        reg = registration_latency(bind.port, key, args.registrations, 0)
-        print(f"  registration: {ms(reg)}")
-        qps = dnsperf(bind.port, args.seconds, work)
-        results["bind"] = {"qps": qps, "reg": statistics.median(reg)}
-    print("btmm-serve")
-    with ServeProc(work, account, "--rate-limit", "0") as serve:
         seed(serve.port, key)
-        reg = registration_latency(serve.port, key, args.registrations, 0)
-        print(f"  registration: {ms(reg)}")
-        qps = dnsperf(serve.port, args.seconds, work)
+        regs = interleaved_registrations({"bind": bind.port, "serve": serve.port}, key, args.registrations,
+                                         args.block)
+        print(f"  registration BIND:       {ms(regs['bind'])}")
+        print(f"  registration btmm-serve: {ms(regs['serve'])}")
+        print("  dnsperf BIND")
+        bind_qps = dnsperf(bind.port, args.seconds, work)
+        print("  dnsperf btmm-serve")
+        serve_qps = dnsperf(serve.port, args.seconds, work)
         push = asyncio.run(push_latency(serve, key, args.pushes))
         print(f"  push UPDATE→PUSH: {ms(push)}")
-        results["serve"] = {"qps": qps, "reg": statistics.median(reg), "push": statistics.median(push)}
+        results["bind"] = {"qps": bind_qps, "reg": statistics.median(regs["bind"])}
+        results["serve"] = {"qps": serve_qps, "reg": statistics.median(regs["serve"]),
+                            "push": statistics.median(push)}
     b, s = results["bind"], results["serve"]
     print("\nsummary (same run)")
     print(f"  UDP qps: btmm-serve {s['qps']:.0f} vs BIND {b['qps']:.0f} → {s['qps'] / b['qps']:.2f}× "

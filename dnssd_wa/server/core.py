@@ -99,6 +99,7 @@ class _Work:
     name: dns.name.Name
     rdtype: int
     base: dict[bytes, Rec]
+    nk: NameKey
     overlay: dict[bytes, Rec | None] = field(default_factory=dict)
     cleared: bool = False
 
@@ -209,6 +210,7 @@ class ServerCore:
         self._lease_seq = itertools.count()
         self._seen_macs: dict[bytes, float] = {}  # insertion-ordered: oldest first
         self.on_schedule: Callable[[], None] = lambda: None
+        self.log_later: Callable[[Callable[[], None]], object] | None = None
         self.purged = store.purge_expired(now)
         for origin in origins:
             fresh = Zone(origin, store.ensure_zone(origin.to_text(), now))
@@ -401,21 +403,29 @@ class ServerCore:
         return response
 
     def _log_update(self, req: UpdateRequest | dns.message.Message, peer: str, entry: KeyEntry | None,
-                    rcode: int, what: str, zone: Zone | None = None) -> None:
-        if isinstance(req, dns.message.Message):
-            req = _message_request(req)
-        if zone is not None:
-            zone_name = zone.origin_text
+                    rcode: int, what: str | Callable[[], str], zone: Zone | None = None) -> None:
+        """One log line per UPDATE. With ``log_later`` set (the server sets the event loop's
+        ``call_soon``), the line is formatted and written after the answer was sent."""
+        serial = zone.serial if zone else None
+
+        def emit() -> None:
+            request = _message_request(req) if isinstance(req, dns.message.Message) else req
+            if zone is not None:
+                zone_name = zone.origin_text
+            else:
+                zone_name = request.zones[0][0].to_text() if request.zones else "?"
+            key = entry.name_text if entry else (request.keyname.to_text() if request.keyname else None)
+            self.log({"event": "update", "client": peer, "key": key, "zone": zone_name,
+                      "rcode": _RCODE_TEXT.get(rcode) or dns.rcode.to_text(dns.rcode.Rcode.make(rcode)),
+                      "what": what if isinstance(what, str) else what(), "serial": serial})
+
+        if self.log_later is None:
+            emit()
         else:
-            zone_name = req.zones[0][0].to_text() if req.zones else "?"
-        self.log({"event": "update", "client": peer,
-                  "key": entry.name_text if entry else (req.keyname.to_text() if req.keyname else None),
-                  "zone": zone_name, "rcode": _RCODE_TEXT.get(rcode) or dns.rcode.to_text(
-                      dns.rcode.Rcode.make(rcode)), "what": what,
-                  "serial": zone.serial if zone else None})
+            self.log_later(emit)
 
     def _apply_update(self, req: UpdateRequest, entry: KeyEntry | None,
-                      now: float) -> tuple[Zone, str, bytes | None]:
+                      now: float) -> tuple[Zone, Callable[[], str], bytes | None]:
         if len(req.zones) != 1 or req.zones[0][1] != dns.rdatatype.SOA:
             raise UpdateFailed(dns.rcode.FORMERR, "zone section must hold exactly one SOA question")
         found = self.zones.get(req.zones[0][0])
@@ -441,7 +451,9 @@ class ServerCore:
         expires = None if lease is None else now + lease
         works = self._compute(zone, req.updates, keys, expires)
         summary = self._commit(zone, works)
-        return zone, summary + (f" lease={lease}s" if lease is not None else ""), value
+        if lease is None:
+            return zone, summary, value
+        return zone, lambda: f"{summary()} lease={lease}s", value
 
     def _lease(self, data: bytes | None) -> tuple[int | None, bytes | None]:
         """The granted lease and the option value to echo (same form as asked)."""
@@ -521,9 +533,9 @@ class ServerCore:
             if found is None:
                 node = nodes.get(nk)
                 if node is None:
-                    found = _Work(name, rdtype, {})
+                    found = _Work(name, rdtype, {}, nk)
                 else:
-                    found = _Work(node.name, rdtype, node.rrsets.get(rdtype, {}))
+                    found = _Work(node.name, rdtype, node.rrsets.get(rdtype, {}), nk)
                 works[(nk, rdtype)] = found
             return found
 
@@ -552,10 +564,12 @@ class ServerCore:
                     w.overlay[rr.key] = None
         return list(works.values())
 
-    def _commit(self, zone: Zone, works: list[_Work]) -> str:
+    def _commit(self, zone: Zone, works: list[_Work]) -> Callable[[], str]:
+        """Store the change durably, then apply it in memory; returns the log summary (lazily:
+        the log line is written after the answer went out)."""
         zone_text = zone.origin.to_text()
         inserts: list[tuple[str, dns.name.Name, int, bytes, int, float | None]] = []
-        new_recs: list[tuple[dns.name.Name, Rec, bytes]] = []
+        new_recs: list[tuple[dns.name.Name, Rec, bytes, NameKey]] = []
         deletes: list[tuple[dns.name.Name, Rec]] = []
         updates: list[tuple[dns.name.Name, Rec, Rec]] = []  # name, live record, new state
         changed_ttl = False
@@ -566,7 +580,7 @@ class ServerCore:
                     continue
                 if not rec.rid:
                     inserts.append((zone_text, w.name, rec.rdtype, rec.wire, rec.ttl, rec.expires))
-                    new_recs.append((w.name, rec, key))
+                    new_recs.append((w.name, rec, key, w.nk))
                     continue
                 live = w.base[key]
                 if (live.ttl, live.expires) != (rec.ttl, rec.expires):
@@ -574,7 +588,7 @@ class ServerCore:
                     changed_ttl = changed_ttl or live.ttl != rec.ttl
         changed = bool(inserts or deletes or changed_ttl)
         if not (inserts or deletes or updates):
-            return "no change"
+            return lambda: "no change"
         serial = _next_serial(zone.serial) if changed else zone.serial
         ids = self.store.apply(Change(inserts, [rec.rid for _, rec in deletes],
                                       [(live.rid, new.ttl, new.expires) for _, live, new in updates],
@@ -590,9 +604,9 @@ class ServerCore:
             live.ttl, live.expires = new.ttl, new.expires
             if live.expires is not None:
                 self._schedule(zone, name, live)
-        for (name, rec, key), rid in zip(new_recs, ids, strict=True):
+        for (name, rec, key, nk), rid in zip(new_recs, ids, strict=True):
             rec.rid = rid
-            zone.add(name, rec, key)
+            zone.add(name, rec, key, nk)
             if rec.expires is not None:
                 self._schedule(zone, name, rec)
             if watched:
@@ -601,12 +615,16 @@ class ServerCore:
             zone.set_serial(serial)
             self.udp_cache = {}
         self._notify(pushes)
-        parts = [f"add {name_text(n)} {_t(r.rdtype)}" for n, r, _ in new_recs[:6]]
-        parts += [f"del {name_text(n)} {_t(r.rdtype)}" for n, r in deletes[:6]]
-        total = len(new_recs) + len(deletes)
-        if updates and not parts:
-            parts.append(f"refresh {len(updates)} records")
-        return "; ".join(parts[:6]) + (f"; … ({total} changes)" if total > 6 else "")
+
+        def summary() -> str:
+            parts = [f"add {name_text(n)} {_t(r.rdtype)}" for n, r, _, _ in new_recs[:6]]
+            parts += [f"del {name_text(n)} {_t(r.rdtype)}" for n, r in deletes[:6]]
+            total = len(new_recs) + len(deletes)
+            if updates and not parts:
+                parts.append(f"refresh {len(updates)} records")
+            return "; ".join(parts[:6]) + (f"; … ({total} changes)" if total > 6 else "")
+
+        return summary
 
     # -- leases ----------------------------------------------------------------------------
     def _schedule(self, zone: Zone, name: dns.name.Name, rec: Rec) -> None:

@@ -332,6 +332,7 @@ class Server:
         for udp in self.udp:
             udp.start()
         self.core.on_schedule = self.kick.set
+        self.core.log_later = loop.call_soon  # log lines after the answer is on its way
         task = asyncio.create_task(self._lease_loop())
         self._tasks.add(task)
 

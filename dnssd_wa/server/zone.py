@@ -19,7 +19,6 @@ configuration and live in the same structure with ``rid = 0``; they are never st
 
 from __future__ import annotations
 
-import re
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -84,15 +83,18 @@ def make_name(labels: tuple[bytes, ...]) -> dns.name.Name:
     return name
 
 
-_NEEDS_ESCAPE = re.compile(rb'[^\x21-\x7e]|["().;\\@$]')
+# dnspython's text form of a label byte (dns.name._escapify): specials get a backslash,
+# printable ASCII stays, everything else is \DDD
+_LABEL_TEXT = {c: ("\\" + chr(c) if chr(c) in '"().;\\@$' else chr(c) if 0x20 < c < 0x7F else f"\\{c:03d}")
+               for c in range(256)}
 
 
 def name_text(name: dns.name.Name) -> str:
-    """``name.to_text()``, joined directly when no label needs dnspython's escaping."""
+    """``name.to_text()`` for an absolute name, without dnspython's per-character loop."""
     labels = name.labels
-    if len(labels) > 1 and not labels[-1] and not any(_NEEDS_ESCAPE.search(label) for label in labels[:-1]):
-        return b".".join(labels).decode("ascii")
-    return name.to_text()
+    if len(labels) < 2 or labels[-1]:
+        return name.to_text()
+    return ".".join([label.decode("latin-1").translate(_LABEL_TEXT) for label in labels])
 
 
 def nkey(name: dns.name.Name) -> NameKey:
@@ -141,8 +143,11 @@ class Zone:
         node = self.nodes.get(nkey(name))
         return name if node is None else node.name
 
-    def add(self, name: dns.name.Name, rec: Rec, key: bytes | None = None) -> None:
-        nk = nkey(name)
+    def add(self, name: dns.name.Name, rec: Rec, key: bytes | None = None, nk: NameKey | None = None) -> None:
+        """Add (or replace) a record; ``key`` (its :func:`rec_key`) and ``nk`` (``nkey(name)``)
+        when the caller has them already."""
+        if nk is None:
+            nk = nkey(name)
         node = self.nodes.get(nk)
         if node is None:
             node = Node(self._intern(name))
