@@ -25,6 +25,7 @@ Both hosts share one account file (as a user copies it); each has its own state 
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import json
 import os
 import select
@@ -148,6 +149,7 @@ class World:
     cafe: HomeRouter | None = None
     account_file: Path | None = None
     stages: dict[str, Stage] = field(default_factory=dict)
+    last_ping: str = ""
 
     @classmethod
     def create(cls, lab: Lab, workdir: Path | None = None) -> World:
@@ -295,13 +297,15 @@ class World:
         return self.pipeline("home-tunnel", self.home_ns, "home",
                              [[bin_path("btmm-tunnel-up"), "--listen", "--host", HOME_LABEL, "--json"]])
 
-    def start_home_service(self) -> subprocess.Popen[bytes]:
-        """A small HTTP service on [::]:8080 in the home namespace (reachable via the ULA)."""
+    def start_home_service(self, ns: str | None = None,
+                           who: str = "Bob\\u2019s iMac") -> subprocess.Popen[bytes]:
+        """A small HTTP service on [::]:8080 in the home namespace (or ``ns``), reachable via the ULA;
+        it answers ``hello from <who> via <client address>``."""
         code = (
             "import http.server, socketserver, socket\n"
             "class H(http.server.BaseHTTPRequestHandler):\n"
             "    def do_GET(self):\n"
-            "        body = ('hello from Bob\\u2019s iMac via ' + self.client_address[0] + '\\n').encode()\n"
+            f"        body = ('hello from {who} via ' + self.client_address[0] + '\\n').encode()\n"
             "        self.send_response(200); self.send_header('Content-Length', str(len(body)))\n"
             "        self.end_headers(); self.wfile.write(body)\n"
             "    def log_message(self, *a): pass\n"
@@ -309,18 +313,91 @@ class World:
             "    address_family = socket.AF_INET6\n"
             f"S(('::', {SERVICE_PORT}), H).serve_forever()\n"
         )
-        return self.lab.popen(self.home_ns, [sys.executable, "-c", code], stdout=subprocess.DEVNULL,
+        return self.lab.popen(ns or self.home_ns, [sys.executable, "-c", code], stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL)
 
-    def start_cafe_client(self) -> Stage:
-        return self.pipeline("cafe-client", self.cafe_ns, "cafe", [
+    def start_cafe_client(self, *tunnel_args: str, name: str = "cafe-client") -> Stage:
+        """``btmm-browse | btmm-resolve-tunnel | btmm-tunnel-up`` on the laptop (``tunnel_args``,
+        e.g. ``--via``, go to btmm-tunnel-up)."""
+        return self.pipeline(name, self.cafe_ns, "cafe", [
             [bin_path("btmm-browse"), "-t", SERVICE_TYPE, "--json"],
             [bin_path("btmm-resolve-tunnel"), "--json"],
-            [bin_path("btmm-tunnel-up"), "--host", CAFE_LABEL, "--json"],
+            [bin_path("btmm-tunnel-up"), "--host", CAFE_LABEL, "--json", *tunnel_args],
         ])
 
+    def start_cafe_daemon(self, *flags: str, timeout: float = 20.0) -> Stage:
+        """The laptop's long-running ``btmm-tunnel-up`` (``flags``: --listen and/or --on-demand, ...),
+        started with no peers; returns once its control socket answers."""
+        stage = self.pipeline("cafe-daemon", self.cafe_ns, "cafe", [
+            [bin_path("btmm-tunnel-up"), "--host", CAFE_LABEL, "--json", *flags]])
+        self.wait_control("cafe", stage, timeout)
+        return stage
+
+    def control_path(self, who: str) -> Path:
+        """Where ``who``'s btmm-tunnel-up listens for control clients (its state dir)."""
+        return self.workdir / f"{who}-state" / "tunnel-up.sock"
+
+    def wait_control(self, who: str, stage: Stage, timeout: float = 20.0) -> None:
+        import socket
+
+        path = self.control_path(who)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                probe.connect(str(path))
+                return
+            except OSError:
+                if stage.procs[-1].poll() is not None:
+                    raise ScenarioError(f"{stage.name} exited ({stage.procs[-1].returncode}) before its "
+                                        f"control socket answered: {stage.stderr_tail()}") from None
+                time.sleep(0.02)
+            finally:
+                probe.close()
+        raise ScenarioError(f"{stage.name}: no control socket at {path} within {timeout:.0f} s")
+
+    def run_pipeline(self, name: str, ns: str, who: str, argvs: list[list[str]],
+                     timeout: float = 30.0) -> tuple[list[dict[str, Any]], list[int | None]]:
+        """Run ``argv1 | argv2 | ...`` to completion: (records of the last stage, exit codes)."""
+        stage = self.pipeline(name, ns, who, argvs)
+        deadline = time.monotonic() + timeout
+        while stage.procs[-1].poll() is None and time.monotonic() < deadline:
+            stage.poll_records(0.1)
+        codes = self.stop_stage(name, timeout=5.0)  # reads what is left of the output
+        return self.stages[f"{name}-stopped"].records, codes
+
+    def add_public_host(self, label: str = "vps", addr: str = "198.18.3.2",
+                        name: str = "Bob’s VPS") -> str:
+        """A second host of the account with a public address (no NAT): its ULA carries the same
+        HTTP service; it registers with ``--outer ADDR:4500`` and runs ``btmm-tunnel-up --listen``.
+        Returns its namespace."""
+        ns = self.lab.ns(label)
+        link = ipaddress.ip_interface(f"{addr}/24")
+        gateway = str(next(h for h in link.network.hosts() if h != link.ip))
+        self.lab.veth(ns, "eth0", self.inet_ns, f"to-{label}"[:15])
+        self.lab.addr(ns, "eth0", f"{addr}/24")
+        self.lab.addr(self.inet_ns, f"to-{label}"[:15], f"{gateway}/24")
+        self.lab.route(ns, "default", "via", gateway)
+        env = self.env(label)
+        proc = self.lab.run(ns, [bin_path("btmm-register"), "--host", label, "--name", name, "--service",
+                                 f"{SERVICE_TYPE}:{SERVICE_PORT}:path=/", "--outer", f"{addr}:4500",
+                                 "--once", "--json"], env=env, check=False, timeout=30)
+        if proc.returncode != 0:
+            raise ScenarioError(f"btmm-register on {label} failed: {proc.stderr.decode(errors='replace')}")
+        self.pipeline(f"{label}-tunnel", ns, label, [[bin_path("btmm-tunnel-up"), "--listen", "--host", label,
+                                                      "--json"]])
+        self.start_home_service(ns, name.replace("’", "\\u2019"))
+        return ns
+
+    def ping(self, ula: str, count: int = 1, wait: float = 5.0) -> bool:
+        """ping6 ``ula`` from the café laptop; True when a reply came back."""
+        proc = self.lab.run(self.cafe_ns, ["ping", "-6", "-n", "-c", str(count), "-W", str(wait), ula],
+                            check=False, timeout=wait * count + 10)
+        self.last_ping = (proc.stdout + proc.stderr).decode(errors="replace")
+        return proc.returncode == 0
+
     def fetch(self, ula: str, timeout: float = 10.0) -> tuple[str, float]:
-        """GET http://[ula]:8080/ from the café host; (body, seconds to first byte)."""
+        """GET http://[ula]:8080/ from the café host; (body, seconds from connect to first byte)."""
         code = (
             "import socket, sys, time\n"
             "t0 = time.monotonic()\n"

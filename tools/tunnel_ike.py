@@ -257,6 +257,13 @@ class IkeService:
     def _flush(self) -> None:
         from ike_lite import events as ev
 
+        # Key the datapath first, then send: a responder must accept ESP on a new CHILD SA
+        # before its IKE_AUTH (or CREATE_CHILD_SA) response lets the initiator use it — else
+        # the initiator's first packets (e.g. held on-demand ones) arrive at an unknown SPI.
+        events: list[ev.Event] = []
+        while (e := self.endpoint.next_event()) is not None:
+            self._apply(e)
+            events.append(e)
         for d in self.endpoint.datagrams_to_send(self.clock()):
             try:
                 if d.natt:
@@ -267,7 +274,9 @@ class IkeService:
                     self._deliver(ev.Dropped(0, "no port-500 socket for a non-NAT-T datagram", d.addr))
             except OSError as exc:
                 self._deliver(ev.Dropped(0, f"send to {ev.fmt_addr(d.addr)} failed: {exc.strerror}", d.addr))
-        while (e := self.endpoint.next_event()) is not None:
+        for e in events:
+            self._deliver(e)
+        while (e := self.endpoint.next_event()) is not None:  # (none expected: sending makes no events)
             self._apply(e)
             self._deliver(e)
 
@@ -385,32 +394,6 @@ def append_private(path: Path, lines: list[str]) -> None:
 
 
 # ---------------------------------------------------------------------------- tunnel_up hook
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("IKE mode")
-    group.add_argument(
-        "--ike-port",
-        type=int,
-        default=None,
-        metavar="PORT",
-        help="also answer IKE on this plain UDP port (500: initiators that start there)",
-    )
-    group.add_argument(
-        "--dpd",
-        type=float,
-        default=30.0,
-        metavar="SEC",
-        help="liveness check after SEC s without a message from the peer (default 30)",
-    )
-    group.add_argument("--pfs", action="store_true", help="use a fresh DH exchange for CHILD SA rekeys")
-    group.add_argument(
-        "--idle-timeout",
-        type=float,
-        default=600.0,
-        metavar="SEC",
-        help="close a tunnel we initiated after SEC s without traffic (default 600, as BTMM; 0: never)",
-    )
-
-
 @dataclass
 class WantedPeer:
     """A peer this host was asked to reach (a ``tunnel-endpoint`` record), and its fate."""
@@ -425,10 +408,579 @@ class WantedPeer:
     handle: int | None = None
     last_bytes: int = -1
     last_activity: float = 0.0
+    from_stdin: bool = True
+    on_demand: bool = False
+    armed: bool = False  # on demand: the ULA is routed into the TUN, traffic starts IKE
+    negotiating: bool = False  # on demand: an initiator is running (or its lookup)
+    stale: bool = False  # the endpoint may have moved: resolve again before the next attempt
+    next_trigger: float = 0.0  # on demand: no new attempt before (after a failure)
+    last_up: dict[str, Any] | None = None  # the last `tunnel` up record (answers repeat requests)
 
 
 RETRY_FIRST = 1.0
 RETRY_MAX = 30.0
+CONTROL_MAX_CLIENTS = 64
+CONTROL_MAX_LINE = 65536
+
+
+class ControlConn:
+    """One client of the control socket: the peers it waits for, and the way back to it."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.waiting: set[str] = set()
+        self.input_done = False
+        self.closed = False
+        self._lock = threading.Lock()
+
+    def send(self, record: dict[str, Any]) -> None:
+        data = (json.dumps(record, ensure_ascii=False, separators=(",", ":")) + "\n").encode()
+        with self._lock:
+            if self.closed:
+                return
+            try:
+                self.sock.sendall(data)
+            except OSError:
+                self._close_locked()
+
+    def settle(self, inner: str, record: dict[str, Any]) -> None:
+        if inner in self.waiting:
+            self.waiting.discard(inner)
+            self.send(record)
+        self.maybe_close()
+
+    def maybe_close(self) -> None:
+        """Close once the client's input is done and every peer it asked for is settled."""
+        if self.input_done and not self.waiting:
+            with self._lock:
+                self._close_locked()
+
+    def _close_locked(self) -> None:
+        if not self.closed:
+            self.closed = True
+            with contextlib.suppress(OSError):
+                self.sock.shutdown(socket.SHUT_RDWR)
+            self.sock.close()
+
+
+class ControlServer:
+    """The daemon's Unix socket (mode 0600): a thread accepts, one thread per client reads."""
+
+    def __init__(self, path: Path, on_client: Callable[[ControlConn], None]) -> None:
+        from tools.cli import Fatal
+
+        self.path = path
+        self.on_client = on_client
+        if len(os.fsencode(path)) > 107:
+            raise Fatal(f"control socket path {path} is too long for a Unix socket (108 bytes); "
+                        "give a shorter one with --control PATH")
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            probe.connect(str(path))
+        except (FileNotFoundError, ConnectionRefusedError):
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()  # a socket left behind by a process that was killed
+        except OSError:
+            pass
+        else:
+            raise Fatal(f"another btmm-tunnel-up already answers on {path}: hand records to it "
+                        "(btmm-tunnel-up --via), or stop it first")
+        finally:
+            probe.close()
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        old = os.umask(0o177)
+        try:
+            self.sock.bind(str(path))
+        except OSError as exc:
+            self.sock.close()
+            raise Fatal(f"cannot create control socket {path}: {exc.strerror or exc} "
+                        "(choose another with --control PATH, or --control none)") from None
+        finally:
+            os.umask(old)
+        os.chmod(path, 0o600)
+        self.inode = os.stat(path).st_ino
+        self.sock.listen(16)
+        self.clients: set[ControlConn] = set()
+        self._stopped = threading.Event()
+
+    def serve(self) -> None:
+        threading.Thread(target=self._accept, daemon=True, name="btmm-control").start()
+
+    def _accept(self) -> None:
+        while not self._stopped.is_set():
+            try:
+                readable, _, _ = select.select([self.sock], [], [], 0.5)
+            except (OSError, ValueError):
+                return
+            if not readable:
+                continue
+            try:
+                conn_sock, _ = self.sock.accept()
+            except OSError:
+                continue
+            if len([c for c in self.clients if not c.closed]) >= CONTROL_MAX_CLIENTS:
+                conn_sock.close()
+                continue
+            conn = ControlConn(conn_sock)
+            self.clients = {c for c in self.clients if not c.closed} | {conn}
+            threading.Thread(target=self.on_client, args=(conn,), daemon=True,
+                             name="btmm-control-client").start()
+
+    def busy(self) -> bool:
+        return any(not c.closed for c in self.clients)
+
+    def close(self) -> None:
+        self._stopped.set()
+        self.sock.close()
+        for conn in list(self.clients):
+            with contextlib.suppress(OSError):
+                conn.sock.shutdown(socket.SHUT_RDWR)
+        with contextlib.suppress(OSError):
+            if os.stat(self.path).st_ino == self.inode:  # still ours (not a successor's)
+                self.path.unlink()
+
+
+class TunnelManager:
+    """The initiator side of IKE mode: which peers are wanted, armed, up; records out.
+
+    Requests (``tunnel-endpoint`` records) come from stdin and from control-socket clients;
+    results go to stdout (every record) and back to the client that asked (the record that
+    settles its peer: up, armed, or an error). Thread-safe: the IKE service thread delivers
+    events, reader threads deliver requests, the datapath's worker announces on-demand
+    packets, a timer thread closes idle tunnels; shared state is under ``lock``.
+    """
+
+    def __init__(self, args: argparse.Namespace, datapath: Any, out: Any, stop: threading.Event,
+                 host: Any) -> None:
+        self.args = args
+        self.datapath = datapath
+        self.out = out
+        self.stop = stop
+        self.host = host
+        self.listening = bool(getattr(args, "listen", False))
+        self.on_demand_default = bool(getattr(args, "on_demand", False))
+        self.daemon = self.listening or self.on_demand_default
+        self.idle_timeout = float(getattr(args, "idle_timeout", 600.0) or 0.0)
+        self.failures = 0
+        self.reasons: list[str] = []
+        self.lock = threading.RLock()
+        self.wanted: dict[str, WantedPeer] = {}  # by peer inner ULA
+        self.closing: dict[int, tuple[WantedPeer, str]] = {}  # handle → peer we closed, and why
+        self.stdin_done = threading.Event()
+        self.service: IkeService | None = None
+        self.control: ControlServer | None = None
+        self.demand: queue.SimpleQueue[str] = queue.SimpleQueue()
+        esp_keylog = getattr(args, "keylog", None)
+        self.esp_keylog = Path(esp_keylog) if esp_keylog else None
+        self.keylog = Path(esp_keylog + ".ikev2") if esp_keylog else None
+
+    # ------------------------------------------------------------------ output
+    def emit_for(self, inner: str, record: dict[str, Any]) -> None:
+        """A record about peer ``inner``: to stdout, and to every client waiting for that peer."""
+        self.out.emit(record)
+        if self.control is not None:
+            for conn in list(self.control.clients):
+                conn.settle(inner, record)
+
+    def reply(self, conn: ControlConn | None, record: dict[str, Any]) -> None:
+        """A record for the requester only (stdin requests: stdout)."""
+        if conn is None:
+            self.out.emit(record)
+        else:
+            conn.send(record)
+
+    def fail(self, peer: WantedPeer, message: str, reason: str) -> None:
+        from tools.cli import error_record
+
+        if peer.from_stdin:
+            self.failures += 1
+            self.reasons.append(reason)
+        self.out.warn(message)
+        self.emit_for(peer.inner, error_record("btmm-tunnel-up", message, peer.record, reason=reason))
+
+    def state_record(self, peer: WantedPeer, state: str, **fields: Any) -> dict[str, Any]:
+        from tools.cli import derive
+
+        return derive(peer.record, "tunnel", state=state, peer=peer.inner, inner_remote=peer.inner,
+                      inner_local=str(self.host.ula), outer=f"{peer.addr[0]}:{peer.addr[1]}", **fields)
+
+    # ------------------------------------------------------------------ requests
+    def handle_record(self, record: dict[str, Any], conn: ControlConn | None) -> None:
+        from tools.cli import derive, error_record
+
+        if record.get("type") != "tunnel-endpoint":
+            self.reply(conn, record)  # error records (and anything else) pass along
+            return
+        inner = str(record.get("inner") or "")
+        if record.get("event") == "removed":
+            self.remove(inner, record, conn)
+            return
+        try:
+            port = int(record.get("outer_port", 4500))
+            addr = (str(record["outer_address"]), port)
+            peer_id, inner = str(record.get("ike_id") or record["host"]), str(record["inner"])
+        except (KeyError, ValueError, TypeError) as exc:
+            if conn is None:
+                self.failures += 1
+            self.reply(conn, error_record("btmm-tunnel-up", f"tunnel-endpoint record lacks {exc}", record))
+            return
+        on_demand = bool(record.get("on_demand", self.on_demand_default))
+        with self.lock:
+            existing = self.wanted.get(inner)
+            if existing is not None:
+                if existing.up and existing.last_up is not None:
+                    answer: dict[str, Any] | None = derive(record, "tunnel", **{
+                        k: v for k, v in existing.last_up.items() if k not in ("type", "v")})
+                    answer_state = "up"
+                elif existing.armed and not existing.negotiating:
+                    answer, answer_state = self.state_record(existing, "armed"), "armed"
+                else:
+                    answer, answer_state = None, "negotiating"
+                    if conn is not None:
+                        conn.waiting.add(inner)
+                if answer is not None:
+                    answer["already"] = True
+                    self.reply(conn, answer)
+                self.out.explain(f"{peer_id}: already wanted ({answer_state}); record not started again")
+                return
+            peer = WantedPeer(record=record, inner=inner, peer_id=peer_id, addr=addr,
+                              from_stdin=conn is None, on_demand=on_demand)
+            self.wanted[inner] = peer
+            if conn is not None and not on_demand:
+                conn.waiting.add(inner)
+        if on_demand:
+            if conn is not None:
+                conn.waiting.add(inner)
+            self.arm(peer)
+            return
+        self.out.explain(f"IKE to {peer_id} at {fmt(addr)} for {inner}")
+        assert self.service is not None
+        self.service.initiate(addr, peer_id, inner, natt=port != 500)
+
+    def remove(self, inner: str, record: dict[str, Any], conn: ControlConn | None) -> None:
+        """The service disappeared (``event: removed``): close its tunnel, disarm its ULA."""
+        with self.lock:
+            peer = self.wanted.get(inner)
+            if peer is None:
+                self.reply(conn, dict(record, type="tunnel", state="down", peer=inner, inner_remote=inner,
+                                      reason="not-wanted", message=f"no tunnel to {inner} here"))
+                return
+            if conn is not None:
+                conn.waiting.add(inner)
+            peer.on_demand = False  # no re-arming after this close
+            was_up = peer.handle is not None and peer.up
+        if peer.armed:
+            self.disarm(peer)
+        if was_up:
+            self.close_peer(inner, "the service disappeared from DNS")
+        else:
+            with self.lock:
+                self.wanted.pop(inner, None)
+            self.emit_for(inner, self.state_record(peer, "down", reason="removed",
+                                                   message="closed: the service disappeared from DNS"))
+
+    # ------------------------------------------------------------------ on demand
+    def arm(self, peer: WantedPeer) -> None:
+        """Route the peer's ULA into the TUN device; the first packet to it starts IKE."""
+        if not hasattr(self.datapath, "route_prefix"):
+            self.fail(peer, "on-demand tunnels need an esp_udp datapath with route_prefix/on_demand "
+                      "(update btmm)", "unsupported")
+            with self.lock:
+                self.wanted.pop(peer.inner, None)
+            return
+        self.datapath.on_demand = self.on_demand_packet
+        self.datapath.route_prefix(peer.inner)
+        first = not peer.armed
+        peer.armed = True
+        if first:
+            self.out.explain(f"{peer.peer_id}: armed — traffic to {peer.inner} brings the tunnel up")
+            self.emit_for(peer.inner, self.state_record(peer, "armed"))
+
+    def disarm(self, peer: WantedPeer) -> None:
+        peer.armed = False
+        with contextlib.suppress(Exception):
+            self.datapath.unroute_prefix(peer.inner)
+
+    def on_demand_packet(self, destination: str) -> None:
+        """The datapath's worker thread: a packet to ``destination`` has no SA. Never blocks."""
+        self.demand.put(destination)
+
+    def demand_loop(self) -> None:
+        """Start IKE for armed peers that got traffic (own thread: re-resolving may take a while)."""
+        while not self.stop.is_set():
+            try:
+                destination = self.demand.get(timeout=0.5)
+            except queue.Empty:
+                continue
+            if destination == "":
+                return
+            self.trigger(destination)
+
+    def trigger(self, destination: str) -> None:
+        with self.lock:
+            peer = self.wanted.get(destination)
+            why = ("not armed" if peer is None or not peer.armed else "tunnel up" if peer.up
+                   else "already negotiating" if peer.negotiating
+                   else "backing off after a failure" if time.monotonic() < peer.next_trigger else "")
+            if why or peer is None:
+                self.out.explain(f"traffic to {destination}: no new tunnel ({why})")
+                return
+            peer.negotiating = True
+            stale = peer.stale
+        self.emit_for(destination, self.state_record(peer, "triggered"))
+        if stale:
+            addr = self.reresolve(peer) or peer.addr
+            if addr != peer.addr:
+                self.out.explain(f"{peer.peer_id} moved to {fmt(addr)}")
+                peer.addr = addr
+            peer.stale = False
+        self.out.explain(f"traffic to {destination}: IKE to {peer.peer_id} at {fmt(peer.addr)}")
+        if self.service is not None and not self.service.stopped:
+            self.service.initiate(peer.addr, peer.peer_id, peer.inner, natt=peer.addr[1] != 500)
+
+    # ------------------------------------------------------------------ reconnect, idle
+    def maybe_finish(self) -> None:
+        """An initiator-only process ends once nothing is wanted, stdin is done and no client waits."""
+        if self.daemon or self.service is None or not self.stdin_done.is_set():
+            return
+        with self.lock:
+            if self.wanted:
+                return
+        if self.control is not None and self.control.busy():
+            return
+        if not self.service.endpoint.sessions():
+            self.service.stop()
+
+    def schedule_retry(self, peer: WantedPeer) -> None:
+        delay = min(RETRY_MAX, RETRY_FIRST * (2 ** min(peer.attempts, 6)))
+        peer.attempts += 1
+        self.out.explain(f"reconnecting to {peer.peer_id} in {delay:.0f} s (attempt {peer.attempts})")
+        timer = threading.Timer(delay, self.reconnect, args=(peer,))
+        timer.daemon = True
+        timer.start()
+
+    def reconnect(self, peer: WantedPeer) -> None:
+        if self.stop.is_set() or self.service is None or self.service.stopped:
+            return
+        with self.lock:
+            if self.wanted.get(peer.inner) is not peer or peer.up:
+                return
+        addr = self.reresolve(peer) or peer.addr
+        if addr != peer.addr:
+            self.out.explain(f"{peer.peer_id} moved to {fmt(addr)}")
+            peer.addr = addr
+        self.service.initiate(addr, peer.peer_id, peer.inner, natt=addr[1] != 500)
+
+    def reresolve(self, peer: WantedPeer) -> Addr | None:
+        """The peer's current outer endpoint from DNS (None: keep the old one)."""
+        server = self.host.account.server
+        host_name = str(peer.record.get("host") or peer.peer_id)
+        if not server:
+            return None
+        try:
+            return resolve_outer(server, host_name)
+        except Exception as exc:  # a failed lookup just means: try the old address
+            self.out.explain(f"re-resolving {host_name} failed ({exc}); trying the last known endpoint")
+            return None
+
+    def close_peer(self, inner: str, why: str) -> None:
+        with self.lock:
+            peer = self.wanted.get(inner)
+            if peer is not None and not peer.on_demand:
+                self.wanted.pop(inner, None)
+            if peer is not None and peer.handle is not None:
+                self.closing[peer.handle] = (peer, why)
+        if peer is not None and peer.handle is not None and self.service is not None:
+            self.out.explain(f"closing the tunnel to {peer.peer_id}: {why}")
+            self.service.command("close", peer.handle)
+
+    def idle_watch(self) -> None:
+        """Close initiated tunnels that carried no traffic for ``idle_timeout`` seconds."""
+        idle_timeout = self.idle_timeout
+        while not self.stop.wait(min(2.0, max(0.5, idle_timeout / 4)) if idle_timeout > 0 else 1.0):
+            if self.service is None or self.service.stopped:
+                return
+            self.maybe_finish()
+            if idle_timeout <= 0:
+                continue
+            counters = {p["inner"]: p for p in self.datapath.counters().get("peers", [])}
+            now = time.monotonic()
+            with self.lock:
+                peers = [p for p in self.wanted.values() if p.up and p.handle not in self.closing]
+            for peer in peers:
+                c = counters.get(peer.inner, {})
+                total = int(c.get("bytes_in", 0)) + int(c.get("bytes_out", 0))
+                if total != peer.last_bytes:
+                    peer.last_bytes, peer.last_activity = total, now
+                elif now - peer.last_activity >= idle_timeout:
+                    self.out.explain(f"{peer.peer_id}: no traffic for {idle_timeout:.0f} s")
+                    self.close_peer(peer.inner, "idle")
+
+    # ------------------------------------------------------------------ IKE events
+    def on_event(self, e: ev.Event) -> None:
+        from ike_lite import events as ev
+
+        if isinstance(e, ev.ChildSaUp):
+            self.child_up(e)
+        elif isinstance(e, ev.IkeSaDown):
+            self.ike_down(e)
+        elif isinstance(e, ev.ChildSaFailed):
+            self.out.warn(e.message)
+        elif isinstance(e, ev.MessageLogged):
+            arrow = "→" if e.direction == "out" else "←"
+            kind = "response" if e.response else "request"
+            again = " (retransmission)" if e.retransmission else ""
+            self.out.explain(
+                f"IKE {arrow} {ev.fmt_addr(e.peer_addr)} {e.exchange} #{e.message_id} {kind} "
+                f"[{' '.join(e.payloads)}] {e.length} B{again}"
+            )
+        elif isinstance(e, ev.Dropped):
+            self.out.explain(f"dropped from {ev.fmt_addr(e.peer_addr)}: {e.reason}")
+        elif isinstance(e, ev.IkeSaUp | ev.IkeSaRekeyed):
+            if isinstance(e, ev.IkeSaUp):
+                self.out.explain(f"IKE SA up with {e.peer_id} at {ev.fmt_addr(e.peer_addr)} ({e.suite})")
+            if self.keylog is not None and self.service is not None:
+                line = self.service.endpoint.keylog(e.handle)
+                if line:
+                    append_private(self.keylog, [line])
+
+    def child_up(self, e: ev.ChildSaUp) -> None:
+        from ike_lite import events as ev
+        from tools.cli import derive
+
+        c = e.child
+        if self.esp_keylog is not None:
+            from esp_udp.keylog import esp_sa_lines
+            from esp_udp.sa import SAParams
+
+            append_private(self.esp_keylog, esp_sa_lines(SAParams.from_json(c.as_dict())))
+        self.out.explain(f"CHILD SA with {c.inner}: SPI in {c.spi_in.hex()} out {c.spi_out.hex()}")
+        with self.lock:
+            peer = self.wanted.get(c.inner)
+            if peer is not None:
+                peer.up, peer.ever_up, peer.attempts, peer.handle = True, True, 0, e.handle
+                peer.negotiating = False
+                peer.last_activity = time.monotonic()
+        record = derive(
+            peer.record if peer is not None else None, "tunnel",
+            state="rekeyed" if e.rekey_of else "up", peer=c.inner, inner_local=c.local_inner,
+            inner_remote=c.inner, outer=ev.fmt_addr(c.outer), spi_in=c.spi_in.hex(),
+            spi_out=c.spi_out.hex(), suite=c.suite,
+            setup_ms=round(e.setup_s * 1000, 3) if e.setup_s is not None else None,
+        )
+        if peer is not None:
+            peer.last_up = record
+        self.emit_for(c.inner, record)
+
+    def ike_down(self, e: ev.IkeSaDown) -> None:
+        from ike_lite import events as ev
+        from tools.cli import derive
+
+        service = self.service
+        inner = service.inner_of.get(e.handle, "") if service is not None else ""
+        with self.lock:
+            peer = self.wanted.get(inner) if inner else None
+            if peer is None:
+                peer = next((p for p in self.wanted.values() if p.handle == e.handle), None)
+            closed = self.closing.pop(e.handle, None)
+            if peer is not None:
+                peer.up = False
+                peer.negotiating = False
+                peer.handle = None if peer.handle == e.handle else peer.handle
+        if peer is not None and peer.on_demand and peer.armed and not self.stop.is_set():
+            # before anyone hears "down": remove_peer took the /128 route with it, and a packet
+            # sent right after must still reach the datapath (and bring the tunnel back)
+            with contextlib.suppress(Exception):
+                self.datapath.route_prefix(peer.inner)
+        if e.established:
+            self.emit_for(inner or e.peer_id, derive(
+                closed[0].record if closed else peer.record if peer is not None else None,
+                "tunnel", state="down", peer=inner or e.peer_id, inner_remote=inner,
+                outer=ev.fmt_addr(e.peer_addr), reason="idle" if closed and closed[1] == "idle"
+                else "removed" if closed and "disappeared" in closed[1] else e.reason,
+                message=f"closed: {closed[1]}" if closed else e.message,
+            ))
+        if peer is None:
+            if not e.established:
+                self.failures += 1
+                self.reasons.append(e.reason)
+                self.out.warn(e.message)
+                from tools.cli import error_record
+
+                self.out.emit(error_record("btmm-tunnel-up", e.message, None, reason=e.reason))
+            self.maybe_finish()
+            return
+        if peer.on_demand:
+            self.down_on_demand(peer, e)
+        else:
+            retry = (peer.ever_up and e.reason not in (ev.CLOSED, ev.AUTHENTICATION_FAILED)
+                     and not self.stop.is_set())
+            if retry:
+                self.schedule_retry(peer)
+            elif not e.established or e.reason != ev.CLOSED:
+                if not e.established:
+                    self.fail(peer, e.message, e.reason)
+                with self.lock:
+                    self.wanted.pop(peer.inner, None)
+            else:
+                with self.lock:
+                    self.wanted.pop(peer.inner, None)
+        self.maybe_finish()
+
+    def down_on_demand(self, peer: WantedPeer, e: ev.IkeSaDown) -> None:
+        """An on-demand peer stays armed: its route is back in the TUN, the next packet retries
+        (after resolving the peer again; after a failure, not before a backoff)."""
+        from ike_lite import events as ev
+
+        peer.stale = True
+        if not e.established:
+            peer.attempts += 1
+            backoff = min(RETRY_MAX, RETRY_FIRST * (2 ** min(peer.attempts - 1, 6)))
+            peer.next_trigger = time.monotonic() + backoff
+            self.fail(peer, e.message, e.reason)
+            if e.reason == ev.AUTHENTICATION_FAILED:  # another account: traffic must not retry forever
+                self.disarm(peer)
+                with self.lock:
+                    self.wanted.pop(peer.inner, None)
+                return
+        else:
+            peer.attempts = 0
+        self.out.explain(f"{peer.peer_id}: tunnel down, still armed — the next packet brings it back")
+
+    # ------------------------------------------------------------------ readers
+    def read_stdin(self) -> None:
+        from tools.cli import read_records
+
+        try:
+            for record in read_records(iter(sys.stdin.readline, ""), "btmm-tunnel-up"):
+                if self.stop.is_set():
+                    return
+                self.handle_record(record, None)
+        finally:
+            self.stdin_done.set()
+            self.maybe_finish()
+
+    def serve_client(self, conn: ControlConn) -> None:
+        from tools.cli import read_records
+
+        try:
+            stream = conn.sock.makefile("r", encoding="utf-8", errors="replace")
+            lines = iter(lambda: stream.readline(CONTROL_MAX_LINE), "")
+            for record in read_records(lines, "btmm-tunnel-up"):
+                if self.stop.is_set():
+                    break
+                self.handle_record(record, conn)
+        except (OSError, ValueError):
+            pass
+        finally:
+            conn.input_done = True
+            conn.maybe_close()
+            self.maybe_finish()
+
+
+def fmt(addr: Addr) -> str:
+    return f"{addr[0]}:{addr[1]}"
 
 
 def run_ike_mode(args: argparse.Namespace, datapath: Any, out: Any, stop: threading.Event) -> int:
@@ -437,23 +989,26 @@ def run_ike_mode(args: argparse.Namespace, datapath: Any, out: Any, stop: thread
     ``--listen``: answer every host of the account (its PSK authenticates them; their inner
     addresses must lie in the account's ULA /48). Every ``tunnel-endpoint`` record on stdin
     (read as it arrives, so ``btmm-browse --watch | ...`` works; with or without
-    ``--listen``) starts an initiator to that peer (BTMM mode: straight to its UDP port with
-    the non-ESP marker; port 500 means the standard start and float). One ``tunnel`` record
-    per CHILD SA (state up / rekeyed / down), carrying the input record's other fields along;
-    a negotiation that never succeeds becomes an error record with the reason and one human
-    sentence (no plaintext fallback: the peer's ULA simply stays unreachable).
+    ``--listen``) or from a control-socket client starts an initiator to that peer (BTMM
+    mode: straight to its UDP port with the non-ESP marker; port 500 means the standard
+    start and float) — or, on demand, arms it. One ``tunnel`` record per CHILD SA (state
+    armed / triggered / up / rekeyed / down), carrying the input record's other fields
+    along; a negotiation that never succeeds becomes an error record with the reason and one
+    human sentence (no plaintext fallback: the peer's ULA simply stays unreachable).
 
     A tunnel that was up and goes down (the peer restarted, DPD declared it dead) is brought
     back: the peer's endpoint is resolved again in DNS (it may have moved) and IKE retried
-    with backoff (1 s doubling to 30 s) until it is up or we are stopped. A tunnel without
-    traffic for ``--idle-timeout`` seconds (default 600, BTMM's 10 minutes) is closed.
-    Without ``--listen`` the process ends when no requested tunnel is left and stdin is done.
+    with backoff (1 s doubling to 30 s) until it is up or we are stopped — for an on-demand
+    peer, when the next packet to it arrives. A tunnel without traffic for
+    ``--idle-timeout`` seconds (default 600, BTMM's 10 minutes) is closed (an on-demand peer
+    stays armed). Without ``--listen``/``--on-demand`` the process ends when no requested
+    tunnel is left, stdin is done and no control client is connected.
     """
     from ike_lite import Config
-    from ike_lite import events as ev
     from ike_lite.const import DhGroup
     from tools.account_file import load_host
-    from tools.cli import Fatal, Record, derive, error_record, read_records, stdin_records_available
+    from tools.cli import Fatal, stdin_records_available
+    from tools.tunnel_up import control_path
 
     host = load_host(
         getattr(args, "account", None), getattr(args, "host", None), getattr(args, "state_dir", None)
@@ -467,238 +1022,42 @@ def run_ike_mode(args: argparse.Namespace, datapath: Any, out: Any, stop: thread
         peer_prefix=str(host.account.ula_prefix),
         log_messages=bool(getattr(args, "verbose", False)),
     )
-    listening = bool(getattr(args, "listen", False))
-    idle_timeout = float(getattr(args, "idle_timeout", 600.0) or 0.0)
-    failures = 0
-    reasons: list[str] = []
-    lock = threading.RLock()
-    wanted: dict[str, WantedPeer] = {}  # by peer inner ULA
-    closing: dict[int, tuple[WantedPeer, str]] = {}  # handle → peer we closed, and why
-    stdin_done = threading.Event()
-    esp_keylog = Path(args.keylog) if getattr(args, "keylog", None) else None
-    keylog = Path(args.keylog + ".ikev2") if esp_keylog is not None else None
-    service: IkeService | None = None
-
-    def record_of(inner: str) -> Record | None:
-        with lock:
-            peer = wanted.get(inner)
-            return peer.record if peer is not None else None
-
-    def tunnel(e: ev.ChildSaUp, state: str) -> Record:
-        c = e.child
-        return derive(
-            record_of(c.inner),
-            "tunnel",
-            state=state,
-            peer=c.inner,
-            inner_local=c.local_inner,
-            inner_remote=c.inner,
-            outer=ev.fmt_addr(c.outer),
-            spi_in=c.spi_in.hex(),
-            spi_out=c.spi_out.hex(),
-            suite=c.suite,
-            setup_ms=round(e.setup_s * 1000, 3) if e.setup_s is not None else None,
-        )
-
-    def maybe_finish() -> None:
-        """An initiator-only process ends once nothing is wanted and stdin is done."""
-        if listening or service is None or not stdin_done.is_set():
-            return
-        with lock:
-            if wanted:
-                return
-        if not service.endpoint.sessions():
-            service.stop()
-
-    def schedule_retry(peer: WantedPeer) -> None:
-        delay = min(RETRY_MAX, RETRY_FIRST * (2 ** min(peer.attempts, 6)))
-        peer.attempts += 1
-        out.explain(f"reconnecting to {peer.peer_id} in {delay:.0f} s (attempt {peer.attempts})")
-        timer = threading.Timer(delay, reconnect, args=(peer,))
-        timer.daemon = True
-        timer.start()
-
-    def reconnect(peer: WantedPeer) -> None:
-        if stop.is_set() or service is None or service.stopped:
-            return
-        with lock:
-            if wanted.get(peer.inner) is not peer or peer.up:
-                return
-        addr = reresolve(peer) or peer.addr
-        if addr != peer.addr:
-            out.explain(f"{peer.peer_id} moved to {ev.fmt_addr(addr)}")
-            peer.addr = addr
-        service.initiate(addr, peer.peer_id, peer.inner, natt=addr[1] != 500)
-
-    def reresolve(peer: WantedPeer) -> Addr | None:
-        """The peer's current outer endpoint from DNS (None: keep the old one)."""
-        server = host.account.server
-        host_name = str(peer.record.get("host") or peer.peer_id)
-        if not server:
-            return None
-        try:
-            return resolve_outer(server, host_name)
-        except Exception as exc:  # a failed lookup just means: try the old address
-            out.explain(f"re-resolving {host_name} failed ({exc}); trying the last known endpoint")
-            return None
-
-    def on_event(e: ev.Event) -> None:
-        nonlocal failures
-        if isinstance(e, ev.ChildSaUp):
-            if esp_keylog is not None:
-                from esp_udp.keylog import esp_sa_lines
-                from esp_udp.sa import SAParams
-
-                append_private(esp_keylog, esp_sa_lines(SAParams.from_json(e.child.as_dict())))
-            out.explain(
-                f"CHILD SA with {e.child.inner}: SPI in {e.child.spi_in.hex()} out {e.child.spi_out.hex()}"
-            )
-            with lock:
-                peer = wanted.get(e.child.inner)
-                if peer is not None:
-                    peer.up, peer.ever_up, peer.attempts, peer.handle = True, True, 0, e.handle
-                    peer.last_activity = time.monotonic()
-            out.emit(tunnel(e, "rekeyed" if e.rekey_of else "up"))
-        elif isinstance(e, ev.IkeSaDown):
-            inner = service.inner_of.get(e.handle, "") if service is not None else ""
-            with lock:
-                peer = wanted.get(inner) if inner else None
-                if peer is None:
-                    peer = next((p for p in wanted.values() if p.handle == e.handle), None)
-                closed = closing.pop(e.handle, None)
-            if e.established:
-                out.emit(derive(
-                    closed[0].record if closed else peer.record if peer is not None else None,
-                    "tunnel", state="down", peer=inner or e.peer_id, inner_remote=inner,
-                    outer=ev.fmt_addr(e.peer_addr), reason="idle" if closed and closed[1] == "idle"
-                    else e.reason, message=f"closed: {closed[1]}" if closed else e.message,
-                ))
-            if peer is not None:
-                peer.up = False
-                retry = (peer.ever_up and e.reason not in (ev.CLOSED, ev.AUTHENTICATION_FAILED)
-                         and not stop.is_set())
-                if retry:
-                    schedule_retry(peer)
-                elif not e.established or e.reason != ev.CLOSED:
-                    if not e.established:
-                        failures += 1
-                        reasons.append(e.reason)
-                        out.warn(e.message)
-                        out.emit(error_record("btmm-tunnel-up", e.message, peer.record, reason=e.reason))
-                    with lock:
-                        wanted.pop(peer.inner, None)
-                else:
-                    with lock:
-                        wanted.pop(peer.inner, None)
-            elif not e.established:
-                failures += 1
-                reasons.append(e.reason)
-                out.warn(e.message)
-                out.emit(error_record("btmm-tunnel-up", e.message, None, reason=e.reason))
-            maybe_finish()
-        elif isinstance(e, ev.ChildSaFailed):
-            out.warn(e.message)
-        elif isinstance(e, ev.MessageLogged):
-            arrow = "→" if e.direction == "out" else "←"
-            kind = "response" if e.response else "request"
-            again = " (retransmission)" if e.retransmission else ""
-            out.explain(
-                f"IKE {arrow} {ev.fmt_addr(e.peer_addr)} {e.exchange} #{e.message_id} {kind} "
-                f"[{' '.join(e.payloads)}] {e.length} B{again}"
-            )
-        elif isinstance(e, ev.Dropped):
-            out.explain(f"dropped from {ev.fmt_addr(e.peer_addr)}: {e.reason}")
-        elif isinstance(e, ev.IkeSaUp | ev.IkeSaRekeyed):
-            if isinstance(e, ev.IkeSaUp):
-                out.explain(f"IKE SA up with {e.peer_id} at {ev.fmt_addr(e.peer_addr)} ({e.suite})")
-            if keylog is not None and service is not None:
-                line = service.endpoint.keylog(e.handle)
-                if line:
-                    append_private(keylog, [line])
-
+    manager = TunnelManager(args, datapath, out, stop, host)
     service = IkeService(
-        config, datapath, datapath=datapath, ike_port=getattr(args, "ike_port", None), on_event=on_event
+        config, datapath, datapath=datapath, ike_port=getattr(args, "ike_port", None),
+        on_event=manager.on_event,
     )
+    manager.service = service
     datapath.on_ike = service.on_ike
     datapath.on_event = service.on_datapath_event
-
-    def read_stdin() -> None:
-        nonlocal failures
-        try:
-            for record in read_records(iter(sys.stdin.readline, ""), "btmm-tunnel-up"):
-                if stop.is_set():
-                    return
-                if record.get("type") != "tunnel-endpoint":
-                    out.emit(record)  # error records (and anything else) pass along
-                    continue
-                if record.get("event") == "removed":
-                    close_peer(str(record.get("inner") or ""), "the service disappeared from DNS")
-                    continue
-                try:
-                    port = int(record.get("outer_port", 4500))
-                    addr = (str(record["outer_address"]), port)
-                    peer_id, inner = str(record.get("ike_id") or record["host"]), str(record["inner"])
-                except (KeyError, ValueError) as exc:
-                    failures += 1
-                    out.emit(error_record("btmm-tunnel-up", f"tunnel-endpoint record lacks {exc}", record))
-                    continue
-                with lock:
-                    if inner in wanted:
-                        out.explain(f"already have a tunnel to {peer_id}; record skipped")
-                        continue
-                    wanted[inner] = WantedPeer(record=record, inner=inner, peer_id=peer_id, addr=addr)
-                out.explain(f"IKE to {peer_id} at {ev.fmt_addr(addr)} for {inner}")
-                service.initiate(addr, peer_id, inner, natt=port != 500)
-        finally:
-            stdin_done.set()
-            maybe_finish()
-
-    def close_peer(inner: str, why: str) -> None:
-        with lock:
-            peer = wanted.pop(inner, None)
-            if peer is not None and peer.handle is not None:
-                closing[peer.handle] = (peer, why)
-        if peer is not None and peer.handle is not None and service is not None:
-            out.explain(f"closing the tunnel to {peer.peer_id}: {why}")
-            service.command("close", peer.handle)
-
-    def idle_watch() -> None:
-        """Close initiated tunnels that carried no traffic for ``idle_timeout`` seconds."""
-        while not stop.wait(min(2.0, max(0.5, idle_timeout / 4)) if idle_timeout > 0 else 1.0):
-            if service is None or service.stopped:
-                return
-            maybe_finish()
-            if idle_timeout <= 0:
-                continue
-            counters = {p["inner"]: p for p in datapath.counters().get("peers", [])}
-            now = time.monotonic()
-            with lock:
-                peers = [p for p in wanted.values() if p.up]
-            for peer in peers:
-                c = counters.get(peer.inner, {})
-                total = int(c.get("bytes_in", 0)) + int(c.get("bytes_out", 0))
-                if total != peer.last_bytes:
-                    peer.last_bytes, peer.last_activity = total, now
-                elif now - peer.last_activity >= idle_timeout:
-                    out.explain(f"{peer.peer_id}: no traffic for {idle_timeout:.0f} s")
-                    close_peer(peer.inner, "idle")
-
-    if stdin_records_available():
-        threading.Thread(target=read_stdin, daemon=True, name="btmm-stdin").start()
-    else:
-        stdin_done.set()
-        if not listening:
-            raise Fatal("nothing to do: pipe tunnel-endpoint records in (btmm-resolve-tunnel | "
-                        "btmm-tunnel-up), or pass --listen or --static-keys FILE")
-    threading.Thread(target=idle_watch, daemon=True, name="btmm-idle").start()
-    publisher = threading.Thread(target=publish_status, args=(args, datapath, stop, service), daemon=True)
-    publisher.start()
-    service.run(stop)
-    service.stop()
-    publisher.join(timeout=2)
-    # A listener's job is serving: initiators it refused were reported as error records, but a
+    path = control_path(args)
+    if path is not None:
+        manager.control = ControlServer(path, manager.serve_client)
+        manager.control.serve()
+        out.explain(f"control socket {path}")
+    try:
+        if stdin_records_available():
+            threading.Thread(target=manager.read_stdin, daemon=True, name="btmm-stdin").start()
+        else:
+            manager.stdin_done.set()
+            if not manager.daemon:
+                raise Fatal("nothing to do: pipe tunnel-endpoint records in (btmm-resolve-tunnel | "
+                            "btmm-tunnel-up), or pass --listen, --on-demand or --static-keys FILE")
+        threading.Thread(target=manager.idle_watch, daemon=True, name="btmm-idle").start()
+        threading.Thread(target=manager.demand_loop, daemon=True, name="btmm-demand").start()
+        publisher = threading.Thread(target=publish_status, args=(args, datapath, stop, service, manager),
+                                     daemon=True)
+        publisher.start()
+        service.run(stop)
+        service.stop()
+        manager.demand.put("")
+        publisher.join(timeout=2)
+    finally:
+        if manager.control is not None:
+            manager.control.close()
+    # A daemon's job is serving: initiators it refused were reported as error records, but a
     # clean stop is success. An initiator's exit code says what became of its tunnels.
-    return exit_code(reasons, failures) if not listening else 0
+    return exit_code(manager.reasons, manager.failures) if not manager.daemon else 0
 
 
 def resolve_outer(server: str, host_name: str, timeout: float = 2.0) -> Addr | None:
@@ -720,7 +1079,8 @@ def resolve_outer(server: str, host_name: str, timeout: float = 2.0) -> Addr | N
 
 
 def publish_status(
-    args: argparse.Namespace, datapath: Any, stop: threading.Event, service: IkeService
+    args: argparse.Namespace, datapath: Any, stop: threading.Event, service: IkeService,
+    manager: TunnelManager | None = None,
 ) -> None:
     """Keep btmm-status's view of the tunnels fresh (as the static-keys mode does), then clear it."""
     from tools.account_file import state_dir
@@ -732,6 +1092,10 @@ def publish_status(
         while not stop.is_set() and not service.stopped:
             body = status_body(datapath)
             body["ike_sessions"] = len(service.endpoint.sessions())
+            if manager is not None:
+                with manager.lock:
+                    body["armed"] = sorted(p.inner for p in manager.wanted.values() if p.armed and not p.up)
+                body["control"] = str(manager.control.path) if manager.control is not None else None
             publish(directory, STATUS_COMPONENT, body)
             stop.wait(0.5)
     finally:

@@ -5,7 +5,7 @@ Two ways to key the tunnels:
 * ``--static-keys FILE`` (manual keying, for tests and benchmarks — the equivalent of
   ``ip xfrm state add``): the JSON file (mode 0600) holds ``{"local": {"inner", "port"},
   "peers": [SA parameters, ...]}`` in the plain-data form of :class:`esp_udp.SAParams`.
-* IKE mode (``--listen``, or ``tunnel-endpoint`` records on stdin): provided by
+* IKE mode (``--listen``, ``--on-demand``, or ``tunnel-endpoint`` records on stdin):
   ``tools/tunnel_ike.py`` through the hook :func:`load_ike_mode` below.
 
 Either way one process owns the UDP port (4500, IKE and ESP together), the TUN device
@@ -13,6 +13,19 @@ Either way one process owns the UDP port (4500, IKE and ESP together), the TUN d
 ``up``, later ``down``), publishes counters to the host's status file (``btmm-status``),
 emits a ``counters`` record on SIGUSR1, and on SIGINT/SIGTERM removes routes and the TUN
 device and exits 0.
+
+Because that process is the only one that can own the port, in IKE mode it also listens on
+a **control socket** (``--control``, default ``<state dir>/tunnel-up.sock``, mode 0600):
+a later pipeline on the same host hands its ``tunnel-endpoint`` records to the running
+process instead of starting its own. The client side of that (``--via``, or automatically
+when records arrive on stdin and a daemon answers) lives in this module and is kept light:
+it imports neither esp_udp nor ike_lite, cryptography, dnspython, pyroute2 or rich (in a
+pipe), so it starts in a few tens of milliseconds.
+
+Control protocol (JSON lines both ways, one connection per client): the client writes the
+records it would have piped into the daemon's stdin, then half-closes; the daemon answers
+with the records that settle each requested peer (``tunnel`` state up / armed, or an
+error record), passes other records back, and closes when everything asked for is settled.
 """
 
 from __future__ import annotations
@@ -20,19 +33,22 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import queue
+import select
 import signal
+import socket
+import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from esp_udp.datapath import DEFAULT_MTU, DEFAULT_PORT, DEFAULT_TUN, Datapath, DatapathEvent
-from esp_udp.errors import ConfigError
-from esp_udp.sa import SAParams, parse_inner
 from tools.cli import (
     EXIT_OK,
+    EXIT_PARTIAL,
+    EXIT_REMOTE,
     EXIT_USAGE,
     Fatal,
     Output,
@@ -43,24 +59,38 @@ from tools.cli import (
     stdin_records_available,
 )
 
+if TYPE_CHECKING:
+    # esp_udp (pyroute2, cryptography: ~170 ms) is imported where a datapath is started, so
+    # that --help and the --via client start fast
+    from esp_udp.datapath import Datapath, DatapathEvent
+    from esp_udp.sa import SAParams
+
 PROG = "btmm-tunnel-up"
 STATUS_COMPONENT = "tunnels"
+# The same values as esp_udp.datapath's defaults (tests/e2e/test_control.py checks), repeated
+# here so that building the parser does not import the datapath.
+DEFAULT_PORT = 4500
+DEFAULT_TUN = "btmm0"
+DEFAULT_MTU = 1280
+CONTROL_NAME = "tunnel-up.sock"
+STATE_ENV = "BTMM_STATE_DIR"  # as tools/account_file.py (not imported here: it loads cryptography)
 
 # ------------------------------------------------------------------------------ IKE hook
 #: The IKE mode: ``run_ike_mode(args, datapath, out, stop) -> exit code``. ``datapath`` is
 #: started (port bound, TUN up with this host's ULA); set ``datapath.on_ike`` /
 #: ``datapath.on_event`` and add peers as they are negotiated; return when ``stop`` (a
 #: threading.Event set by SIGINT/SIGTERM) is set. tunnel_up then closes the datapath.
-IkeMode = Callable[[argparse.Namespace, Datapath, Output, threading.Event], int]
+IkeMode = Callable[[argparse.Namespace, "Datapath", Output, threading.Event], int]
 
 
 _IKE_IMPORT_ERROR: list[str] = []
 
 
 def load_ike_mode() -> tuple[IkeMode, Callable[[argparse.ArgumentParser], None] | None] | None:
-    """HOOK: ``tools/tunnel_ike.py`` provides ``run_ike_mode`` (and optionally
-    ``add_arguments(parser)`` for its own flags). None while it does not exist — or when it
-    cannot be imported (the reason is kept: IKE mode reports it, static keys still work)."""
+    """HOOK: ``tools/tunnel_ike.py`` provides ``run_ike_mode``. None while it does not exist —
+    or when it cannot be imported (the reason is kept: IKE mode reports it, static keys still
+    work). The second element is kept for compatibility; the IKE flags are in
+    :func:`build_parser` now (so that parsing never imports the IKE module)."""
     try:
         module = importlib.import_module("tools.tunnel_ike")
     except ModuleNotFoundError as exc:
@@ -73,20 +103,35 @@ def load_ike_mode() -> tuple[IkeMode, Callable[[argparse.ArgumentParser], None] 
     runner = getattr(module, "run_ike_mode", None)
     if runner is None:
         return None
-    return runner, getattr(module, "add_arguments", None)
+    return runner, None
 
 
 # ------------------------------------------------------------------------------ arguments
-def build_parser(ike: bool = True) -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:
     parser = make_parser(
         PROG,
         "Bring ESP-in-UDP tunnels up (userspace ESP over a TUN device, UDP port shared with "
-        "IKE) and keep them up until SIGINT/SIGTERM. --static-keys FILE keys them by hand "
-        "(no IKE); otherwise IKE: --listen as responder, or tunnel-endpoint records on stdin.",
-        epilog="examples:\n"
-        "  btmm-tunnel-up --static-keys keys.json --keylog esp.keys\n"
-        "  btmm-tunnel-up --listen\n"
-        "  btmm-browse -t _ssh._tcp | btmm-resolve-tunnel | btmm-tunnel-up\n\n"
+        "IKE) and keep them up until SIGINT/SIGTERM. One process per host owns the port: "
+        "--listen (and/or --on-demand) runs it as the host's daemon; tunnel-endpoint records "
+        "on stdin start initiators (in this process, or in the running daemon through its "
+        "control socket); --static-keys FILE keys tunnels by hand (no IKE).",
+        epilog="modes:\n"
+        "  btmm-tunnel-up --listen [--on-demand]\n"
+        "      the host's daemon: answers IKE, owns UDP 4500 and the TUN device, and takes\n"
+        "      tunnel-endpoint records from stdin and from its control socket (--control)\n"
+        "  btmm-browse -t _ssh._tcp | btmm-resolve-tunnel | btmm-tunnel-up\n"
+        "      brings the tunnels up in this process and keeps them (exits when none is left);\n"
+        "      if a daemon already runs on this host, hands the records to it instead (as --via)\n"
+        "  btmm-resolve-tunnel --host nas | btmm-tunnel-up --via [SOCKET]\n"
+        "      client only: hand records to the running daemon, print what it answers (tunnel\n"
+        "      up/armed or error records), exit when they are settled; the daemon keeps the\n"
+        "      tunnels. Exit 3 with a hint when no daemon listens.\n"
+        "  btmm-tunnel-up --static-keys keys.json --keylog esp.keys\n\n"
+        "on demand (--on-demand, or \"on_demand\": true in a record): a peer's ULA is routed into\n"
+        "the TUN device and armed (tunnel record state \"armed\"); the first packet to it starts\n"
+        "IKE (state \"triggered\", then \"up\"; the packets wait, bounded, and then leave); after\n"
+        "an idle close it stays armed, and the next packet re-resolves the peer and brings the\n"
+        "tunnel back.\n\n"
         "static keys file (JSON, mode 0600):\n"
         '  {"local": {"inner": "fd..", "port": 4500}, "peers": [{"inner": "fd..",\n'
         '   "outer": "198.18.0.2:4500", "suite": "aes256gcm16", "spi_in": "c0ffee01",\n'
@@ -108,17 +153,177 @@ def build_parser(ike: bool = True) -> argparse.ArgumentParser:
                         help="TUN offloads: gro (default) glues received TCP segments for the "
                         "kernel; tso also takes TCP super-packets from it and segments them here; "
                         "none: plain TUN I/O")
-    parser.add_argument("--listen", action="store_true", help="IKE responder (IKE mode)")
-    if ike:
-        hook = load_ike_mode()
-        if hook is not None and hook[1] is not None:
-            hook[1](parser)
+    parser.add_argument("--keep-warm", type=float, default=None, metavar="SEC",
+                        help="while a tunnel carries traffic (and 1 s after), wake the datapath every "
+                        "SEC s to keep code and caches warm (default 0.0005: idle-ping RTT ~40 %% lower "
+                        "here, for ~4 %% of a core per tunnel end while active, nothing when idle); "
+                        "0 disables")
+    parser.add_argument("--listen", action="store_true", help="IKE responder: run as this host's daemon")
+    group = parser.add_argument_group("IKE mode")
+    group.add_argument("--on-demand", action="store_true",
+                       help="arm tunnel-endpoint records instead of negotiating at once: traffic to "
+                       "the peer's ULA brings its tunnel up (and back after an idle close)")
+    group.add_argument("--control", metavar="SOCKET", default=None,
+                       help=f"control socket of the running process (default: <state dir>/{CONTROL_NAME},"
+                       " mode 0600, removed on exit; 'none': no control socket)")
+    group.add_argument("--via", metavar="SOCKET", nargs="?", const="", default=None,
+                       help="client only: send stdin's records to the running btmm-tunnel-up through "
+                       "its control socket (default as --control) and print its answers")
+    group.add_argument("--ike-port", type=int, default=None, metavar="PORT",
+                       help="also answer IKE on this plain UDP port (500: initiators that start there)")
+    group.add_argument("--dpd", type=float, default=30.0, metavar="SEC",
+                       help="liveness check after SEC s without a message from the peer (default 30)")
+    group.add_argument("--pfs", action="store_true", help="use a fresh DH exchange for CHILD SA rekeys")
+    group.add_argument("--idle-timeout", type=float, default=600.0, metavar="SEC",
+                       help="close a tunnel we initiated after SEC s without traffic (default 600, as "
+                       "BTMM; 0: never); an on-demand peer stays armed")
     return parser
+
+
+# ------------------------------------------------------------------------------ control client
+def state_dir_path(arg: str | None) -> Path:
+    """The host state directory, as tools/account_file.state_dir (which loads cryptography)."""
+    if arg:
+        return Path(arg)
+    env = os.environ.get(STATE_ENV)
+    if env:
+        return Path(env)
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "btmm"
+
+
+def control_path(args: argparse.Namespace, explicit: str | None = None) -> Path | None:
+    """The control socket path (None: disabled with ``--control none``)."""
+    text = explicit if explicit else getattr(args, "control", None)
+    if text is not None and text.lower() == "none":
+        return None
+    if text:
+        return Path(text)
+    return state_dir_path(getattr(args, "state_dir", None)) / CONTROL_NAME
+
+
+def connect_control(path: Path) -> socket.socket | None:
+    """A connection to the daemon listening on ``path``; None when nothing listens there."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.connect(str(path))
+    except (FileNotFoundError, ConnectionRefusedError, NotADirectoryError):
+        sock.close()
+        return None
+    except PermissionError:
+        sock.close()
+        raise Fatal(f"control socket {path} is not yours (mode 0600): run as the user of the "
+                    "btmm-tunnel-up daemon (or as root)", EXIT_USAGE) from None
+    except OSError as exc:
+        sock.close()
+        raise Fatal(f"cannot connect to control socket {path}: {exc.strerror or exc}", EXIT_REMOTE) from None
+    return sock
+
+
+AUTH_FAILED_REASON = "AUTHENTICATION_FAILED"  # ike_lite.events values (not imported: cryptography)
+TIMEOUT_REASON = "timeout"
+
+
+def _peer_of(record: Record) -> str | None:
+    if record.get("type") == "error":
+        source = record.get("input")
+        inner = source.get("inner") if isinstance(source, dict) else None
+    else:
+        inner = record.get("peer") or record.get("inner_remote") or record.get("inner")
+    return inner if isinstance(inner, str) else None
+
+
+def run_via(sock: socket.socket, path: Path, args: argparse.Namespace, out: Output) -> int:
+    """Forward stdin's records to the daemon, emit what it answers; exit code as the daemon's."""
+    on_demand = bool(getattr(args, "on_demand", False))
+    stdin_fd = sys.stdin.fileno()
+    stdin_open = stdin_records_available()
+    if not stdin_open:
+        sock.shutdown(socket.SHUT_WR)
+    pending_in = b""
+    pending_out = b""
+    asked: set[str] = set()
+    settled: set[str] = set()
+    reasons: list[str] = []
+    errors = 0
+
+    def forward(line: bytes) -> None:
+        if not line.strip():
+            return
+        try:
+            record = json.loads(line)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            sock.sendall(line + b"\n")  # the daemon answers with the error record
+            return
+        if isinstance(record, dict) and record.get("type") == "tunnel-endpoint":
+            if isinstance(record.get("inner"), str) and record.get("event") != "removed":
+                asked.add(record["inner"])
+            if on_demand:
+                record["on_demand"] = True
+                line = json.dumps(record, ensure_ascii=False).encode()
+        sock.sendall(line + b"\n")
+
+    while True:
+        fds: list[Any] = [sock] + ([stdin_fd] if stdin_open else [])
+        readable, _, _ = select.select(fds, [], [])
+        if stdin_open and stdin_fd in readable:
+            chunk = os.read(stdin_fd, 65536)
+            if chunk:
+                pending_in += chunk
+                *lines, pending_in = pending_in.split(b"\n")
+                for line in lines:
+                    forward(line)
+            else:
+                stdin_open = False
+                forward(pending_in)
+                sock.shutdown(socket.SHUT_WR)
+        if sock in readable:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            pending_out += chunk
+            *lines, pending_out = pending_out.split(b"\n")
+            for line in lines:
+                if not line.strip():
+                    continue
+                try:
+                    record = json.loads(line)
+                except (json.JSONDecodeError, UnicodeDecodeError):
+                    continue
+                if not isinstance(record, dict):
+                    continue
+                peer = _peer_of(record)
+                if peer is not None:
+                    settled.add(peer)
+                if record.get("type") == "error":
+                    errors += 1
+                    if isinstance(record.get("reason"), str):
+                        reasons.append(record["reason"])
+                out.emit(record)
+    sock.close()
+    missing = asked - settled
+    if missing:
+        out.warn(f"the btmm-tunnel-up daemon on {path} closed the connection before answering for "
+                 f"{', '.join(sorted(missing))} (did it stop?)")
+        return EXIT_REMOTE
+    if AUTH_FAILED_REASON in reasons:
+        return EXIT_USAGE
+    if reasons and all(r == TIMEOUT_REASON for r in reasons):
+        return EXIT_REMOTE
+    return EXIT_PARTIAL if errors else EXIT_OK
+
+
+def no_daemon(path: Path) -> Fatal:
+    return Fatal(f"no btmm-tunnel-up daemon listens on {path}: start one on this host "
+                 "(btmm-tunnel-up --listen, or --on-demand), or drop --via to bring the tunnels up "
+                 "in this process", EXIT_REMOTE)
 
 
 # ------------------------------------------------------------------------------ static keys
 def load_static_keys(path: Path) -> tuple[str, int | None, list[tuple[SAParams, bool]]]:
     """(local inner, local port, [(params, keepalive)]) from a static-keys file."""
+    from esp_udp.errors import ConfigError
+    from esp_udp.sa import SAParams, parse_inner
     from tools.account_file import check_private
 
     check_private(path, "static keys file")
@@ -190,7 +395,9 @@ def status_body(dp: Datapath, state: str = "up") -> dict[str, Any]:
                         "outer": peer["outer"], "suite": peer["suite"], "spi_out": peer["spi_out"],
                         "spi_in": peer["spi_in"], "counters": peer_counters})
     return {"local": counters["local"], "port": counters["port"], "tun": counters["tun"],
-            "mtu": counters["mtu"], "tunnels": tunnels, "unattributed": counters["unattributed"]}
+            "mtu": counters["mtu"], "keep_warm": getattr(dp, "keep_warm", None), "tunnels": tunnels,
+            "unattributed": counters["unattributed"],
+            **{k: counters[k] for k in ("on_demand_calls", "pending") if k in counters}}
 
 
 class Signals:
@@ -214,11 +421,16 @@ class Signals:
 
 def start_datapath(args: argparse.Namespace, inner: str, port: int,
                    on_event: Callable[[DatapathEvent], None] | None) -> Datapath:
+    from esp_udp.datapath import Datapath
+
     if not 576 <= args.mtu <= 65000:
         raise Fatal(f"--mtu {args.mtu} is out of range 576-65000 (IPv6 needs at least 1280)")
+    extra: dict[str, Any] = {}
+    if getattr(args, "keep_warm", None) is not None:
+        extra["keep_warm"] = float(args.keep_warm)
     dp = Datapath(inner, port=port, tun_name=args.tun, mtu=args.mtu, on_event=on_event,
                   offload=getattr(args, "offload", "gro") != "none",
-                  tso=getattr(args, "offload", "gro") == "tso")
+                  tso=getattr(args, "offload", "gro") == "tso", **extra)
     try:
         dp.start()
     except OSError as exc:
@@ -228,6 +440,7 @@ def start_datapath(args: argparse.Namespace, inner: str, port: int,
 
 
 def run_static(args: argparse.Namespace, out: Output, signals: Signals) -> int:
+    from esp_udp.errors import ConfigError
     from tools.account_file import state_dir
     from tools.status_file import clear, publish
 
@@ -313,12 +526,32 @@ def run_ike(args: argparse.Namespace, out: Output, signals: Signals) -> int:
 def main_body() -> int:
     args = build_parser().parse_args()
     out = Output.from_args(PROG, args)
+    if args.via is not None:
+        if args.static_keys or args.listen:
+            raise Fatal("--via only hands records to the running daemon; it excludes --listen and "
+                        "--static-keys")
+        path = control_path(args, args.via)
+        if path is None:
+            raise Fatal("--via needs a control socket path (not 'none')")
+        sock = connect_control(path)
+        if sock is None:
+            raise no_daemon(path)
+        return run_via(sock, path, args, out)
     if args.static_keys and args.listen:
         raise Fatal("--static-keys and --listen exclude each other: static keys need no IKE")
+    if args.keep_warm is not None and not 0 <= args.keep_warm <= 1:
+        raise Fatal(f"--keep-warm {args.keep_warm} is out of range 0-1 s (0 disables it)")
     signals = Signals()
     if args.static_keys:
         return run_static(args, out, signals)
-    if args.listen or stdin_records_available():
+    daemon = args.listen or args.on_demand
+    if daemon or stdin_records_available():
+        path = control_path(args)
+        if not daemon and path is not None:
+            sock = connect_control(path)
+            if sock is not None:  # the host's daemon owns the port: let it do the work
+                out.explain(f"a btmm-tunnel-up daemon runs on this host ({path}); handing the records to it")
+                return run_via(sock, path, args, out)
         return run_ike(args, out, signals)
     raise Fatal("nothing to do: give --static-keys FILE, --listen, or tunnel-endpoint records "
                 "on stdin (btmm-resolve-tunnel | btmm-tunnel-up)", EXIT_USAGE)
@@ -328,7 +561,7 @@ def main() -> None:
     run(PROG, main_body)
 
 
-__all__ = ["load_ike_mode", "main", "tunnel_record", "write_keylog"]
+__all__ = ["load_ike_mode", "main", "run_via", "tunnel_record", "write_keylog"]
 
 if __name__ == "__main__":  # pragma: no cover
     main()
