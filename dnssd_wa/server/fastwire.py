@@ -83,20 +83,32 @@ class FastUpdate:
     tsig_start: int
 
 
-def _name(wire: bytes, pos: int, end: int, decompress: bool) -> tuple[Labels, int]:
+Memo = dict[int, tuple[Labels, int, int, int]]
+
+
+def _name(wire: bytes, pos: int, end: int, memo: Memo) -> tuple[Labels, int]:
     """Labels of the name at ``pos`` (reads stay below ``end``) and the offset after it."""
+    labels, after, _hops, _size = _segment(wire, pos, end, memo)
+    return labels, after
+
+
+def _segment(wire: bytes, start: int, end: int, memo: Memo) -> tuple[Labels, int, int, int]:
+    """The name at ``start``: (labels, offset after its first segment, pointer hops, wire
+    size). A pointer continues at an earlier offset whose name must end before ``start``
+    (dnspython's rule: a target never overlaps the name read so far) — read once per
+    offset and remembered in ``memo`` (dnspython compresses every repeat of a suffix)."""
     labels: list[bytes] = []
-    biggest = start = pos
-    after = -1
-    hops = 0
     size = 1
+    pos = start
     while True:
         if pos >= end:
             raise _NotFast
         count = wire[pos]
         if count == 0:
-            pos += 1
-            break
+            if size > 255:
+                raise _NotFast
+            labels.append(b"")
+            return tuple(labels), pos + 1, 0, size
         if count < 64:
             nxt = pos + 1 + count
             if nxt > end:
@@ -104,33 +116,29 @@ def _name(wire: bytes, pos: int, end: int, decompress: bool) -> tuple[Labels, in
             labels.append(wire[pos + 1:nxt])
             size += count + 1
             pos = nxt
-        elif count >= 192 and decompress:
-            if pos + 2 > end:
-                raise _NotFast
-            target = (count & 0x3F) << 8 | wire[pos + 1]
-            if after < 0:
-                after = pos + 2
-            if target >= biggest:
-                raise _NotFast
-            hops += 1
-            if hops > MAX_HOPS:
-                raise _NotFast
-            biggest = target
-            end = start  # the target may not overlap the name read so far
-            pos = start = target
-        else:
+            continue
+        if count < 192 or pos + 2 > end:
             raise _NotFast
-    if size > 255:
-        raise _NotFast
-    labels.append(b"")
-    return tuple(labels), (pos if after < 0 else after)
+        target = (count & 0x3F) << 8 | wire[pos + 1]
+        if target >= start:
+            raise _NotFast
+        tail = memo.get(target)
+        if tail is None:
+            tail = memo[target] = _segment(wire, target, start, memo)
+        elif tail[1] > start:
+            raise _NotFast  # that name runs into this one
+        hops = tail[2] + 1
+        size += tail[3] - 1
+        if hops > MAX_HOPS or size > 255:
+            raise _NotFast
+        return tuple(labels) + tail[0], pos + 2, hops, size
 
 
 def name_wire(labels: Labels) -> bytes:
     return b"".join([bytes((len(label),)) + label for label in labels])
 
 
-def _rdata(wire: bytes, rdtype: int, pos: int, end: int) -> bytes:
+def _rdata(wire: bytes, rdtype: int, pos: int, end: int, memo: Memo) -> bytes:
     """The uncompressed rdata of a fast type occupying ``wire[pos:end]``."""
     size = end - pos
     if rdtype == TYPE_AAAA:
@@ -151,25 +159,25 @@ def _rdata(wire: bytes, rdtype: int, pos: int, end: int) -> bytes:
             raise _NotFast
         return wire[pos:end]
     if rdtype == TYPE_PTR:
-        labels, after = _name(wire, pos, end, True)
+        labels, after = _name(wire, pos, end, memo)
         if after != end:
             raise _NotFast
         return name_wire(labels)
     # SRV: priority, weight, port, target (a compressed target is read like dnspython does)
     if size < 7:
         raise _NotFast
-    labels, after = _name(wire, pos + 6, end, True)
+    labels, after = _name(wire, pos + 6, end, memo)
     if after != end:
         raise _NotFast
     return wire[pos:pos + 6] + name_wire(labels)
 
 
-def _rrs(wire: bytes, pos: int, count: int, prereq: bool) -> tuple[list[WireRR], int]:
+def _rrs(wire: bytes, pos: int, count: int, prereq: bool, memo: Memo) -> tuple[list[WireRR], int]:
     out: list[WireRR] = []
     total = len(wire)
     unpack = _RR.unpack_from
     for _ in range(count):
-        labels, pos = _name(wire, pos, total, True)
+        labels, pos = _name(wire, pos, total, memo)
         if pos + 10 > total:
             raise _NotFast
         rdtype, rdclass, ttl, rdlen = unpack(wire, pos)
@@ -184,7 +192,7 @@ def _rrs(wire: bytes, pos: int, count: int, prereq: bool) -> tuple[list[WireRR],
             continue
         if rdclass not in (CLASS_IN, CLASS_NONE) or rdtype not in FAST_TYPES:
             raise _NotFast
-        rdata = _rdata(wire, rdtype, pos, end)
+        rdata = _rdata(wire, rdtype, pos, end, memo)
         out.append(WireRR(labels, rdtype, None if rdclass == CLASS_IN else CLASS_NONE,
                           0 if ttl > 0x7FFFFFFF else ttl, rdata))
         pos = end
@@ -195,7 +203,7 @@ def parse_update(wire: bytes) -> FastUpdate | None:
     """The fast-path view of a signed UPDATE, or None (use the general path)."""
     try:
         return _parse(wire)
-    except (_NotFast, IndexError, struct.error):
+    except (_NotFast, IndexError, struct.error, RecursionError):
         return None
 
 
@@ -206,12 +214,13 @@ def _parse(wire: bytes) -> FastUpdate:
     msg_id, flags, zocount, prcount, upcount, adcount = _HEADER.unpack_from(wire, 0)
     if flags & 0x8000 or (flags >> 11) & 0xF != OPCODE_UPDATE or zocount != 1 or adcount not in (1, 2):
         raise _NotFast
-    zone, pos = _name(wire, 12, total, True)
+    memo: Memo = {}
+    zone, pos = _name(wire, 12, total, memo)
     if pos + 4 > total or _HH.unpack_from(wire, pos) != (TYPE_SOA, CLASS_IN):
         raise _NotFast
     pos += 4
-    prereqs, pos = _rrs(wire, pos, prcount, True)
-    updates, pos = _rrs(wire, pos, upcount, False)
+    prereqs, pos = _rrs(wire, pos, prcount, True, memo)
+    updates, pos = _rrs(wire, pos, upcount, False, memo)
     edns = False
     lease: bytes | None = None
     if adcount == 2:  # an OPT with nothing but Update Lease options
@@ -234,7 +243,7 @@ def _parse(wire: bytes) -> FastUpdate:
             pos += olen
         edns = True
     tsig_start = pos
-    key, pos = _name(wire, pos, total, True)
+    key, pos = _name(wire, pos, total, memo)
     if pos + 10 > total:
         raise _NotFast
     rdtype, rdclass, _ttl, rdlen = _RR.unpack_from(wire, pos)
