@@ -216,6 +216,7 @@ class ServerCore:
             fresh = Zone(origin, store.ensure_zone(origin.to_text(), now))
             fresh.install_server_records(config.ns_addresses, config.tls_port)
             self.zones[origin] = fresh
+        self._zones_by_key = {nkey(origin): zone for origin, zone in self.zones.items()}
         by_text = {origin.to_text(): zone for origin, zone in self.zones.items()}
         self.orphans = 0
         for stored in store.load():
@@ -428,7 +429,7 @@ class ServerCore:
                       now: float) -> tuple[Zone, Callable[[], str], bytes | None]:
         if len(req.zones) != 1 or req.zones[0][1] != dns.rdatatype.SOA:
             raise UpdateFailed(dns.rcode.FORMERR, "zone section must hold exactly one SOA question")
-        found = self.zones.get(req.zones[0][0])
+        found = self._zones_by_key.get(nkey(req.zones[0][0]))
         if found is None:
             raise UpdateFailed(dns.rcode.NOTAUTH, f"zone {req.zones[0][0]} is not served here")
         zone = found
@@ -512,7 +513,7 @@ class ServerCore:
                 raise UpdateFailed(dns.rcode.FORMERR, "delete-one with TTL or meta type")
             if rr.deleting == dns.rdataclass.ANY and rdtype in META_TYPES - {dns.rdatatype.ANY}:
                 raise UpdateFailed(dns.rcode.FORMERR, f"cannot delete type {_t(rdtype)}")
-        if updates and entry.zone != zone.origin:
+        if updates and entry.zone is not zone.origin and entry.zone != zone.origin:
             raise UpdateFailed(dns.rcode.REFUSED, f"key {entry.name} may not update zone {zone.origin}")
         for rr, nk in zip(updates, keys, strict=True):
             rdtype = rr.rdtype

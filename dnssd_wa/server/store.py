@@ -79,6 +79,7 @@ class Change:
 class Store:
     def __init__(self, path: Path, *, sync: str = "full") -> None:
         self._next_id: int | None = None
+        self._owner_wire: dict[tuple[bytes, ...], bytes] = {}  # owner labels → wire (owners repeat)
         try:
             self.db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
             self.db.execute("PRAGMA journal_mode=WAL")
@@ -142,12 +143,15 @@ class Store:
             self._next_id = int(row[0]) + 1
         first = self._next_id
         ids = list(range(first, first + len(change.inserts)))
-        owners: dict[int, bytes] = {}
+        owners = self._owner_wire
+        if len(owners) > 4096:
+            owners.clear()
         rows = []
         for rid, (zone, owner, rdtype, rdata, ttl, expires) in zip(ids, change.inserts, strict=True):
-            wire = owners.get(id(owner))
+            labels = owner.labels
+            wire = owners.get(labels)
             if wire is None:
-                wire = owners[id(owner)] = b"".join([bytes((len(label),)) + label for label in owner.labels])
+                wire = owners[labels] = b"".join([bytes((len(label),)) + label for label in labels])
             rows.append((rid, zone, wire, rdtype, ttl, rdata, expires))
         self._next_id = first + len(ids)
         cur = self.db.cursor()
