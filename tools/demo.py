@@ -4,8 +4,11 @@ An "internet" with btmm-serve (the embedded default DNS server), a home network 
 NAT router running miniupnpd where Bob's iMac runs ``btmm-map-port | btmm-register`` and
 ``btmm-tunnel-up --listen`` and offers a small HTTP service on its ULA, and a café network
 behind a second NAT where the laptop runs ``btmm-browse | btmm-resolve-tunnel |
-btmm-tunnel-up`` and then fetches the service through the tunnel. Each stage is printed
-with rich; a summary ends the run; everything is cleaned up, also on Ctrl-C. Needs root.
+btmm-tunnel-up`` and then fetches the service through the tunnel. Then the laptop runs
+its btmm-tunnel-up as a daemon (``--listen --on-demand``): a later pipeline hands the iMac's
+endpoint to it over the control socket (armed, no IKE yet), and the next fetch's first
+packet brings the tunnel up. Each stage is printed with rich; a summary ends the run;
+everything is cleaned up, also on Ctrl-C. Needs root.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from rich.table import Table
 
 from tools.cli import EXIT_OK, EXIT_REMOTE, Fatal, make_parser, run
 from tools.netns import Lab, LabError
-from tools.scenario import CAFE_LABEL, DNS_ADDR, HOME_LABEL, SERVICE_PORT, ScenarioError, World
+from tools.scenario import CAFE_LABEL, DNS_ADDR, HOME_LABEL, SERVICE_PORT, ScenarioError, World, bin_path
 
 PROG = "btmm-demo"
 
@@ -94,8 +97,31 @@ def run_demo(console: Console, keep: Path | None) -> dict[str, Any]:
                             subtitle=f"first byte after {ttfb * 1000:.1f} ms", title_align="left"))
         summary.update(response=body.strip().splitlines()[-1] if body.strip() else "",
                        ttfb_ms=round(ttfb * 1000, 1))
-        console.rule("[bold]4. clean up: Bob's iMac deregisters, tunnels are deleted")
+        console.rule("[bold]4. the laptop's daemon: later pipelines hand over, traffic brings tunnels up")
         world.stop_stage("cafe-client")
+        daemon = world.start_cafe_daemon("--listen", "--on-demand")
+        records, codes = world.run_pipeline("cafe-arm", world.cafe_ns, "cafe", [
+            [bin_path("btmm-resolve-tunnel"), "--host", HOME_LABEL, "--json"],
+            [bin_path("btmm-tunnel-up"), "--host", CAFE_LABEL, "--json"]])
+        armed = next((r for r in records if r.get("state") == "armed"), None)
+        if armed is None or codes[-1] != 0:
+            raise ScenarioError(f"handing the endpoint to the laptop's daemon failed ({codes}): {records}")
+        _show(console, "btmm-tunnel-up --listen --on-demand runs; a pipeline hands it the endpoint: armed",
+              f"btmm-resolve-tunnel --host {HOME_LABEL} | btmm-tunnel-up   (→ the daemon's control socket)",
+              armed, ["host", "inner_remote", "outer", "state"])
+        body2, ttfb2 = world.fetch(str(armed["inner_remote"]))
+        up2 = daemon.wait_for(lambda r: r.get("type") == "tunnel" and r.get("state") == "up", 10,
+                              "on-demand tunnel up record")
+        _show(console, "the first packet (the fetch's TCP SYN) brought the tunnel up",
+              "daemon records: armed → triggered → up", up2,
+              ["inner_remote", "outer", "suite", "spi_in", "spi_out", "setup_ms"])
+        console.print(Panel(escape(body2.strip()), title="GET through the on-demand tunnel",
+                            subtitle=f"first byte after {ttfb2 * 1000:.1f} ms, IKE included",
+                            title_align="left"))
+        summary.update(on_demand_ttfb_ms=round(ttfb2 * 1000, 1), on_demand_setup_ms=up2.get("setup_ms"))
+
+        console.rule("[bold]5. clean up: Bob's iMac deregisters, tunnels are deleted")
+        world.stop_stage("cafe-daemon")
         world.stop_stage("home-tunnel")
         world.stop_stage("home-register")
         removed = world.stages["home-register-stopped"].records

@@ -294,8 +294,12 @@ class World:
         return self.pipeline("home-register", self.home_ns, "home", [register])
 
     def start_home_tunnel(self) -> Stage:
-        return self.pipeline("home-tunnel", self.home_ns, "home",
-                             [[bin_path("btmm-tunnel-up"), "--listen", "--host", HOME_LABEL, "--json"]])
+        """The iMac's ``btmm-tunnel-up --listen``; returns once it answers (its control socket is up,
+        which happens after the UDP port and the TUN device)."""
+        stage = self.pipeline("home-tunnel", self.home_ns, "home",
+                              [[bin_path("btmm-tunnel-up"), "--listen", "--host", HOME_LABEL, "--json"]])
+        self.wait_control("home", stage)
+        return stage
 
     def start_home_service(self, ns: str | None = None,
                            who: str = "Bob\\u2019s iMac") -> subprocess.Popen[bytes]:
@@ -384,8 +388,9 @@ class World:
                                  "--once", "--json"], env=env, check=False, timeout=30)
         if proc.returncode != 0:
             raise ScenarioError(f"btmm-register on {label} failed: {proc.stderr.decode(errors='replace')}")
-        self.pipeline(f"{label}-tunnel", ns, label, [[bin_path("btmm-tunnel-up"), "--listen", "--host", label,
-                                                      "--json"]])
+        listen = [bin_path("btmm-tunnel-up"), "--listen", "--host", label, "--json"]
+        stage = self.pipeline(f"{label}-tunnel", ns, label, [listen])
+        self.wait_control(label, stage)
         self.start_home_service(ns, name.replace("’", "\\u2019"))
         return ns
 
