@@ -45,7 +45,6 @@ from esp_udp.sa import SALT_LEN, Suite
 
 ESP_HEADER = struct.Struct("!II")
 _HEADER_IV = struct.Struct("!IIQ")  # SPI, sequence number, IV (= 64-bit counter)
-_NONCE = struct.Struct("!IQ")  # salt ‖ IV
 _AAD_NONCE = struct.Struct("!IIIQ")  # SPI, sequence number (the AAD) ‖ salt, IV (the nonce)
 HEADER_LEN = 8
 IV_LEN = 8
