@@ -77,7 +77,7 @@ def test_on_demand_hold_release_and_expiry(topo: tuple[Lab, str, str]) -> None:
     suite = Suite.AES256GCM16
     pa, pb = sa_pair(suite, A_INNER, A_OUTER, B_INNER, B_OUTER, spi_base=0x6000)
     demands = Demands()
-    a: Datapath = datapath_in(ns_a, A_INNER, tun_name="btmmod0", on_demand=demands, pending_timeout=1.0)
+    a: Datapath = datapath_in(ns_a, A_INNER, tun_name="btmmod0", on_demand=demands)
     b: Datapath = datapath_in(ns_b, B_INNER, tun_name="btmmod0")
     try:
         b.add_peer(pb)
@@ -120,6 +120,7 @@ def test_on_demand_hold_release_and_expiry(topo: tuple[Lab, str, str]) -> None:
 
         # 3. A destination whose SA never comes: announced at most once a second, its held
         #    packets expire (pending_timeout 1 s) and are counted; nothing is sent.
+        a.pending_timeout = 1.0  # (3 s by default: room for a slow add_peer above)
         sent = 8
         lab.run(ns_a, ["ping", "-6", "-n", "-q", "-c", str(sent), "-i", "0.2", "-W", "1", C_INNER],
                 check=False, timeout=30)
