@@ -17,7 +17,14 @@ removed — and passed to ``on_event`` for records. Without a datapath
 (``transport=UdpTransport``) the service runs IKE only (tests, benchmarks).
 
 ``run_ike_mode(args, datapath, out, stop)`` is the hook tools/tunnel_up.py calls for
-``--listen`` and for ``tunnel-endpoint`` records on stdin. ``python -m tools.tunnel_ike``
+``--listen``, ``--on-demand`` and ``tunnel-endpoint`` records on stdin. Its
+:class:`TunnelManager` decides which peers are wanted: requests come from stdin and from
+the control socket (:class:`ControlServer`, a Unix socket in the state dir: later pipelines
+on this host hand their records to the one process that owns the port); on demand a peer's
+ULA is only routed into the TUN device (armed) and the datapath's ``on_demand`` callback
+starts IKE when a packet for it arrives (the datapath holds the packets meanwhile), also
+after an idle close; ``--on-demand-all`` arms the account's whole /48 and finds the host of
+an unknown ULA in DNS (:func:`endpoint_for_ula`). ``python -m tools.tunnel_ike``
 runs a service with JSON-lines events on stdout and commands on stdin (used by the
 interop tests and the benchmark).
 """
@@ -420,6 +427,7 @@ class WantedPeer:
 RETRY_FIRST = 1.0
 RETRY_MAX = 30.0
 CONTROL_MAX_CLIENTS = 64
+UNKNOWN_RETRY = 30.0  # seconds before a ULA no host advertises is looked up again (on-demand-all)
 DEMAND_SWEEP = 0.1  # seconds between looks at held packets nobody announced (see TunnelManager.sweep)
 CONTROL_MAX_LINE = 65536
 
@@ -560,8 +568,10 @@ class TunnelManager:
         self.stop = stop
         self.host = host
         self.listening = bool(getattr(args, "listen", False))
-        self.on_demand_default = bool(getattr(args, "on_demand", False))
+        self.account_wide = bool(getattr(args, "on_demand_all", False))
+        self.on_demand_default = bool(getattr(args, "on_demand", False)) or self.account_wide
         self.daemon = self.listening or self.on_demand_default
+        self.unknown: dict[str, float] = {}  # ULA → no new lookup before (on-demand-all)
         self.idle_timeout = float(getattr(args, "idle_timeout", 600.0) or 0.0)
         self.failures = 0
         self.reasons: list[str] = []
@@ -607,7 +617,8 @@ class TunnelManager:
                       inner_local=str(self.host.ula), outer=f"{peer.addr[0]}:{peer.addr[1]}", **fields)
 
     # ------------------------------------------------------------------ requests
-    def handle_record(self, record: dict[str, Any], conn: ControlConn | None) -> None:
+    def handle_record(self, record: dict[str, Any], conn: ControlConn | None,
+                      from_stdin: bool = True) -> None:
         from tools.cli import derive, error_record
 
         if record.get("type") != "tunnel-endpoint":
@@ -646,7 +657,7 @@ class TunnelManager:
                 self.out.explain(f"{peer_id}: already wanted ({answer_state}); record not started again")
                 return
             peer = WantedPeer(record=record, inner=inner, peer_id=peer_id, addr=addr,
-                              from_stdin=conn is None, on_demand=on_demand)
+                              from_stdin=conn is None and from_stdin, on_demand=on_demand)
             self.wanted[inner] = peer
             if conn is not None and not on_demand:
                 conn.waiting.add(inner)
@@ -724,19 +735,74 @@ class TunnelManager:
         destination at most once a second, so a peer re-armed within that second (removed and
         asked for again) would wait for the sender's retransmission. Look at what it holds."""
         with self.lock:
-            idle = any(p.armed and not p.up and not p.negotiating for p in self.wanted.values())
+            idle = self.account_wide or any(p.armed and not p.up and not p.negotiating
+                                            for p in self.wanted.values())
         if not idle or getattr(self.datapath, "on_demand", None) is None:
             return
         pending = self.datapath.counters().get("pending") or {}
+        now = time.monotonic()
         for destination in pending:
             with self.lock:
                 peer = self.wanted.get(destination)
                 ready = (peer is not None and peer.armed and not peer.up and not peer.negotiating
-                         and time.monotonic() >= peer.next_trigger)
+                         and now >= peer.next_trigger)
+                if peer is None and self.account_wide:
+                    ready = self.unknown.get(destination, 0.0) <= now
             if ready:
                 self.trigger(destination)
 
+    def arm_account(self) -> None:
+        """``--on-demand-all``: route the account's whole ULA /48 into the TUN device."""
+        prefix = str(self.host.account.ula_prefix)
+        self.datapath.on_demand = self.on_demand_packet
+        self.datapath.route_prefix(prefix)
+        self.out.explain(f"armed the account's {prefix}: traffic to any of its ULAs looks the host up")
+        self.out.emit(make_tunnel_record(state="armed", peer=prefix, inner_remote=prefix, scope="account",
+                                         inner_local=str(self.host.ula)))
+
+    def lookup(self, destination: str) -> None:
+        """Traffic to a ULA of the account without a record: find its host in DNS, then arm it."""
+        import ipaddress
+
+        now = time.monotonic()
+        with self.lock:
+            if self.unknown.get(destination, 0.0) > now or destination in self.wanted:
+                return
+            self.unknown[destination] = now + UNKNOWN_RETRY  # one lookup at a time, and not again soon
+        try:
+            prefix = ipaddress.IPv6Network(str(self.host.account.ula_prefix))
+            inside = ipaddress.IPv6Address(destination) in prefix
+        except ValueError:
+            inside = False
+        server = self.host.account.server
+        if not inside or destination == str(self.host.ula) or not server:
+            return
+        self.out.explain(f"traffic to {destination}: looking its host up in {self.host.account.domain}")
+        try:
+            record = endpoint_for_ula(server, self.host.account.domain, destination)
+        except Exception as exc:
+            record = None
+            self.out.explain(f"looking up {destination} failed: {exc}")
+        if record is None:
+            from tools.cli import error_record
+
+            self.out.emit(error_record("btmm-tunnel-up", f"traffic to {destination}: no host of the account "
+                                       "advertises this ULA (no service with this AAAA), so no tunnel",
+                                       {"inner": destination}, reason="unknown_ula"))
+            return
+        with self.lock:
+            self.unknown.pop(destination, None)
+        record["on_demand"] = True
+        self.handle_record(record, None, from_stdin=False)
+        self.trigger(destination)
+
     def trigger(self, destination: str) -> None:
+        if self.account_wide:
+            with self.lock:
+                known = destination in self.wanted
+            if not known:
+                self.lookup(destination)
+                return
         with self.lock:
             peer = self.wanted.get(destination)
             why = ("not armed" if peer is None or not peer.armed else "tunnel up" if peer.up
@@ -998,6 +1064,12 @@ class TunnelManager:
             self.maybe_finish()
 
 
+def make_tunnel_record(**fields: Any) -> dict[str, Any]:
+    from tools.cli import make_record
+
+    return make_record("tunnel", **fields)
+
+
 def fmt(addr: Addr) -> str:
     return f"{addr[0]}:{addr[1]}"
 
@@ -1049,6 +1121,8 @@ def run_ike_mode(args: argparse.Namespace, datapath: Any, out: Any, stop: thread
     manager.service = service
     datapath.on_ike = service.on_ike
     datapath.on_event = service.on_datapath_event
+    if manager.account_wide:
+        manager.arm_account()
     path = control_path(args)
     if path is not None:
         manager.control = ControlServer(path, manager.serve_client)
@@ -1093,6 +1167,47 @@ def resolve_outer(server: str, host_name: str, timeout: float = 2.0) -> Addr | N
         if ep.outer_address and ep.outer_port:
             return ep.outer_address, ep.outer_port
         return None
+
+    return asyncio.run(go())
+
+
+def endpoint_for_ula(server: str, domain: str, ula: str, timeout: float = 2.0) -> dict[str, Any] | None:
+    """The ``tunnel-endpoint`` record of the account host whose AAAA is ``ula`` — or None.
+
+    The record set has no reverse mapping (DESIGN.md §4), so this walks it forward: the
+    service types of the domain (``_services._dns-sd._udp`` PTR), their instances and hosts
+    with their AAAA records (a browse), then the matching host's autotunnel records. Sound for
+    every host that advertises at least one service (as BTMM's clients found hosts); a host
+    without services cannot be found from its ULA alone.
+    """
+    import asyncio
+    import ipaddress
+
+    from dnssd_wa import driver, names
+
+    h, port = driver.parse_hostport(server, driver.DNS_PORT)
+    target = ipaddress.IPv6Address(ula)
+    dom = names.domain_name(domain)
+
+    async def go() -> dict[str, Any] | None:
+        async with driver.DnsClient(driver.ServerConfig(h, port, timeout=timeout)) as client:
+            enum = names.child([b"_services", b"_dns-sd", b"_udp"], dom)
+            targets, _ = await driver.ptr_lists(client, [enum])
+            types = sorted({".".join(names.label_text(label) for label in t.labels[:2])
+                            for t in targets.get(enum, []) if len(t.labels) > 2})
+            if not types:
+                return None
+            services, _ = await driver.browse(client, dom, types)
+            match = next((svc for svc in services
+                          if any(ipaddress.IPv6Address(a) == target for a in svc.addresses)), None)
+            if match is None:
+                return None
+            ep, _ = await driver.resolve_tunnel_endpoint(client, names.domain_name(match.host))
+        if not (ep.inner and ep.outer_address and ep.outer_port):
+            return None
+        return {"type": "tunnel-endpoint", "v": 1, "host": ep.host, "inner": ep.inner,
+                "outer_address": ep.outer_address, "outer_port": ep.outer_port,
+                "autotunnel_name": ep.autotunnel_name, "ike_id": ep.ike_id, "found_by": "ula"}
 
     return asyncio.run(go())
 

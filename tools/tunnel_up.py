@@ -131,7 +131,8 @@ def build_parser() -> argparse.ArgumentParser:
         "the TUN device and armed (tunnel record state \"armed\"); the first packet to it starts\n"
         "IKE (state \"triggered\", then \"up\"; the packets wait, bounded, and then leave); after\n"
         "an idle close it stays armed, and the next packet re-resolves the peer and brings the\n"
-        "tunnel back.\n\n"
+        "tunnel back. --on-demand-all arms every ULA of the account (the host is looked up from\n"
+        "the ULA: the domain's services and their AAAA records).\n\n"
         "static keys file (JSON, mode 0600):\n"
         '  {"local": {"inner": "fd..", "port": 4500}, "peers": [{"inner": "fd..",\n'
         '   "outer": "198.18.0.2:4500", "suite": "aes256gcm16", "spi_in": "c0ffee01",\n'
@@ -163,6 +164,10 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--on-demand", action="store_true",
                        help="arm tunnel-endpoint records instead of negotiating at once: traffic to "
                        "the peer's ULA brings its tunnel up (and back after an idle close)")
+    group.add_argument("--on-demand-all", action="store_true",
+                       help="also route the account's whole ULA /48 into the TUN device: traffic to a ULA "
+                       "no record named yet looks its host up in DNS (the host that advertises a service "
+                       "on that ULA) and brings a tunnel up to it (implies --on-demand)")
     group.add_argument("--control", metavar="SOCKET", default=None,
                        help=f"control socket of the running process (default: <state dir>/{CONTROL_NAME},"
                        " mode 0600, removed on exit; 'none': no control socket)")
@@ -544,7 +549,7 @@ def main_body() -> int:
     signals = Signals()
     if args.static_keys:
         return run_static(args, out, signals)
-    daemon = args.listen or args.on_demand
+    daemon = args.listen or args.on_demand or args.on_demand_all
     if daemon or stdin_records_available():
         path = control_path(args)
         if not daemon and path is not None:

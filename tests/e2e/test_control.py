@@ -26,6 +26,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import script
+from tools.account_file import load_host
 from tools.cli import EXIT_REMOTE
 from tools.netns import Lab
 from tools.scenario import CAFE_LABEL, HOME_LABEL, Stage, World, bin_path
@@ -188,4 +189,25 @@ def test_keep_warm_zero_reaches_the_datapath(world: World) -> None:
     bad = subprocess.run([bin_path("btmm-tunnel-up"), "--listen", "--keep-warm", "-1"], env=world.env("cafe"),
                          capture_output=True, text=True, check=False, timeout=30)
     assert bad.returncode == 2 and "--keep-warm" in bad.stderr and len(bad.stderr.splitlines()) == 1
+    assert world.stop_stage("cafe-daemon")[-1] == 0
+
+
+def test_on_demand_all_finds_the_host_of_a_ula(world: World) -> None:
+    """--on-demand-all: no record at all; traffic to a ULA of the account finds its host in DNS."""
+    import ipaddress
+
+    assert world.account_file is not None
+    vps = load_host(str(world.account_file), "vps", str(world.workdir / "vps-state"))
+    daemon = world.start_cafe_daemon("--on-demand-all")
+    body, _ = world.fetch(str(vps.ula))
+    assert "hello from Bob’s VPS" in body
+    up = wait_records(daemon, lambda r: r.get("state") == "up", 5, "tunnel up")
+    assert up["inner_remote"] == str(vps.ula) and up["found_by"] == "ula" and up["host"] == vps.fqdn
+    states = [(r.get("state"), r.get("scope")) for r in daemon.records if r.get("type") == "tunnel"]
+    assert states[:4] == [("armed", "account"), ("armed", None), ("triggered", None), ("up", None)], states
+    # a ULA of the account that no host advertises: looked up once, an error record says why
+    nobody = str(ipaddress.IPv6Network(str(vps.account.ula_prefix))[0x1234])
+    assert not world.ping(nobody, wait=1)
+    err = wait_records(daemon, lambda r: r.get("type") == "error", 5, "error record")
+    assert err["reason"] == "unknown_ula" and nobody in err["error"]
     assert world.stop_stage("cafe-daemon")[-1] == 0
