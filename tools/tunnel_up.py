@@ -538,6 +538,9 @@ def main_body() -> int:
         path = control_path(args, args.via)
         if path is None:
             raise Fatal("--via needs a control socket path (not 'none')")
+        if not stdin_records_available():
+            raise Fatal("--via forwards records from stdin: pipe tunnel-endpoint records in "
+                        "(btmm-resolve-tunnel --host NAME | btmm-tunnel-up --via)")
         sock = connect_control(path)
         if sock is None:
             raise no_daemon(path)
