@@ -3,9 +3,15 @@
 How this works
 --------------
 :meth:`ServerCore.handle` takes the bytes of one message, the transport it came on and
-the wall-clock ``now``, and returns the response bytes (or None to drop). Everything is
-parsed and rendered by dnspython. Anything that does not parse gets FORMERR when a header
-is readable and it is a request; responses and runts are dropped.
+the wall-clock ``now``, and returns the response bytes (or None to drop). A signed UPDATE
+of the usual shape (what btmm-register and nsupdate send) takes the fast path first:
+``fastwire`` parses it, checks its TSIG and renders the signed answer by hand, byte for
+byte what dnspython would render. Everything else — and any UPDATE the fast path declines,
+TSIG failures included — is parsed and rendered by dnspython. Both parsers feed the same
+:class:`UpdateRequest` to the same UPDATE logic, so rcodes and effects cannot differ.
+Anything that does not parse gets FORMERR when a header is readable and it is a request;
+responses and runts are dropped. The log line of an UPDATE is written after the answer
+(``log_later``, set by the server to the event loop's ``call_soon``).
 
 UPDATE (RFC 2136 §3) runs in the order BIND uses, so clients see the same rcodes:
 
