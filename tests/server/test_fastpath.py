@@ -9,8 +9,11 @@ then re-signed (so the mutation reaches the parsers with a valid MAC).
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import socket
 import struct
+import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -19,6 +22,7 @@ from unittest import mock
 import dns.edns
 import dns.message
 import dns.name
+import dns.rcode
 import dns.rdataclass
 import dns.rdatatype
 import dns.rdtypes.ANY.TSIG
@@ -57,10 +61,10 @@ class Pair:
         self.fast, self.slow = (ServerCore(store, zones, keys, config, NOW) for store in self.stores)
         self.slow.fast_path = False
 
-    def send(self, wire: bytes, transport: str = "tcp") -> bytes | None:
-        with mock.patch("time.time", return_value=NOW):
-            fast = self.fast.handle(wire, transport, NOW, "test")
-            slow = self.slow.handle(wire, transport, NOW, "test")
+    def send(self, wire: bytes, transport: str = "tcp", now: float = NOW) -> bytes | None:
+        with mock.patch("time.time", return_value=now):
+            fast = self.fast.handle(wire, transport, now, "test")
+            slow = self.slow.handle(wire, transport, now, "test")
         assert fast == slow
         return fast
 
@@ -211,6 +215,66 @@ def test_corpus_gives_identical_bytes_and_state(pair: Pair) -> None:
             assert not took_fast, f"{case}: a TSIG problem must take the general path"
     pair.same_state()
     assert pair.fast.fast_answers >= len(FAST_CASES)
+
+
+NSUPDATE_SCRIPTS = [
+    f"""update add _ssh._tcp.{BOB} 120 PTR Bob\\226\\128\\153s\\032iMac._ssh._tcp.{BOB}
+update add Bob\\226\\128\\153s\\032iMac._ssh._tcp.{BOB} 120 SRV 0 0 22 imac.{BOB}
+update add Bob\\226\\128\\153s\\032iMac._ssh._tcp.{BOB} 120 TXT "path=/" "u=bob"
+update add imac.{BOB} 120 AAAA fd00::1
+update add imac.{BOB} 120 A 198.18.0.1
+""",
+    f"""prereq yxrrset imac.{BOB} AAAA
+prereq nxdomain nobody.{BOB}
+update delete imac.{BOB} A
+update delete _ssh._tcp.{BOB} PTR Bob\\226\\128\\153s\\032iMac._ssh._tcp.{BOB}
+update add imac.{BOB} 60 AAAA fd00::2
+""",
+    f"""prereq yxrrset imac.{BOB} AAAA fd00::1
+prereq yxrrset imac.{BOB} AAAA fd00::2
+update delete imac.{BOB}
+""",
+]
+
+
+def _nsupdate_wire(tmp_path: Path, script_text: str) -> bytes:
+    """The UPDATE that the real nsupdate sends for ``script_text`` (captured on UDP)."""
+    key_path = tmp_path / "bob.key"
+    secret = base64.b64encode(BOB_KEY.secret).decode()
+    key_path.write_text(f'key "{BOB_KEY.name}" {{ algorithm hmac-sha256; secret "{secret}"; }};\n')
+    key_path.chmod(0o600)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.settimeout(10)
+        port = sock.getsockname()[1]
+        argv = ["nsupdate", "-k", str(key_path), "-t", "5", "-u", "2"]
+        proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+        try:
+            assert proc.stdin is not None
+            proc.stdin.write(f"server 127.0.0.1 {port}\nzone {BOB}\n{script_text}send\n".encode())
+            proc.stdin.close()
+            wire, _ = sock.recvfrom(65535)
+        finally:
+            proc.kill()
+            proc.wait(10)
+    return wire
+
+
+@pytest.mark.peer
+def test_real_nsupdate_updates_agree(pair: Pair, tmp_path: Path) -> None:
+    """nsupdate's own UPDATEs (signed at its clock): fast path taken, same bytes as dnspython."""
+    for script_text in NSUPDATE_SCRIPTS:
+        wire = _nsupdate_wire(tmp_path, script_text)
+        fast = fastwire.parse_update(wire)
+        assert fast is not None, "nsupdate's UPDATE should be of the fast shape"
+        before = pair.fast.fast_answers
+        out = pair.send(wire, now=float(fast.time_signed))
+        assert out is not None and pair.fast.fast_answers == before + 1
+        assert dns.message.from_wire(out, keyring=False).rcode() == dns.rcode.NOERROR
+    pair.same_state()
+    assert [name for name, _rec in pair.fast.zones[dns.name.from_text(BOB)].all_records()
+            if name.labels[0] == b"imac"] == []
 
 
 def test_udp(pair: Pair) -> None:
