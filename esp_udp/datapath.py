@@ -61,7 +61,8 @@ datapath. A packet read from the TUN whose destination has no peer, or whose pee
 outbound SA, then
 
 * calls ``on_demand(destination)`` (the address as text, e.g. ``"fd00:1:2::5"``) **in the
-  worker thread** — at most once per destination per second; keep it short (an asyncio
+  worker thread** — at most once per destination per second (the second starts over when
+  :meth:`Datapath.remove_peer` removes that destination's peer); keep it short (an asyncio
   owner hands it over with ``loop.call_soon_threadsafe``, like :func:`asyncio_bridge`);
   multicast and link-local destinations are never announced (dropped as ``no_route``);
 * is held in a bounded per-destination queue (≤ 32 packets and ≤ 64 KiB per destination,
@@ -557,6 +558,11 @@ class Datapath:
             self._peers = {k: v for k, v in self._peers.items() if k != key}
             if peer.inner4 is not None:
                 self._peers4 = {k: v for k, v in self._peers4.items() if v is not peer}
+        # on-demand: the next packet to this peer is announced at once, not up to 1 s later
+        # (single dict operations are atomic; the worker only iterates a snapshot)
+        self._demand_last.pop(peer.inner_key, None)
+        if peer.inner4_key:
+            self._demand_last.pop(peer.inner4_key, None)
         if self.tun is not None:
             self._unroute_host(peer.inner)
             if peer.inner4 is not None:
@@ -902,8 +908,9 @@ class Datapath:
                 del self._pending[key]
         self._flush_batch()
         stale = now - DEMAND_INTERVAL
-        for key in [k for k, t in self._demand_last.items() if t < stale]:
-            del self._demand_last[key]
+        for key, last in list(self._demand_last.items()):  # a snapshot: remove_peer() pops too
+            if last < stale:
+                self._demand_last.pop(key, None)
 
     def _queue(self, peer: _Peer, sa: OutboundSA, buf: memoryview, n: int, nh: int = NH_IPV6) -> None:
         """Seal ``buf[:n]`` for ``peer`` into the pending GSO batch (flushing it when needed)."""

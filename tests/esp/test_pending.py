@@ -4,6 +4,7 @@ methods driven directly with a fake clock)."""
 from __future__ import annotations
 
 import ipaddress
+import os
 
 from esp_udp.datapath import (
     DEMAND_INTERVAL,
@@ -12,6 +13,7 @@ from esp_udp.datapath import (
     PENDING_MAX_PACKETS,
     Datapath,
 )
+from esp_udp.sa import SAParams, Suite
 
 
 class Clock:
@@ -84,3 +86,19 @@ def test_expiry_and_not_announced() -> None:
     assert drops(dp)["no_route"] == 5
     dp._hold(key("10.1.2.3"), None, memoryview(b"v4"))
     assert calls[-1] == "10.1.2.3" and dp.counters()["pending"] == {"10.1.2.3": 1}
+
+
+def test_remove_peer_restarts_the_rate_limit() -> None:
+    dp, clock, calls = make()
+    suite = Suite.AES128GCM16
+    params = SAParams(ipaddress.IPv6Address("fd00:8::5"), ("198.18.0.5", 4500), suite, 0x500, 0x501,
+                      os.urandom(suite.keymat_len), os.urandom(suite.keymat_len),
+                      inner4=ipaddress.IPv4Address("10.8.0.5"))
+    dp._hold(key("fd00:8::5"), None, memoryview(b"a"))
+    dp._hold(key("10.8.0.5"), None, memoryview(b"a"))
+    dp.add_peer(params)  # (not started: no TUN, no worker; the tables alone)
+    dp.remove_peer("fd00:8::5")  # the tunnel went down: the next packet is news again
+    clock.now += 0.1
+    dp._hold(key("fd00:8::5"), None, memoryview(b"b"))
+    dp._hold(key("10.8.0.5"), None, memoryview(b"b"))
+    assert calls == ["fd00:8::5", "10.8.0.5", "fd00:8::5", "10.8.0.5"]
