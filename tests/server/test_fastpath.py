@@ -23,6 +23,7 @@ import dns.edns
 import dns.message
 import dns.name
 import dns.rcode
+import dns.rdata
 import dns.rdataclass
 import dns.rdatatype
 import dns.rdtypes.ANY.TSIG
@@ -32,6 +33,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from dnssd_wa import update as dnssd_update
+from dnssd_wa.records import RRSet
 from dnssd_wa.server import fastwire
 from dnssd_wa.server.core import Config, ServerCore, _fast_rr, _message_request
 from dnssd_wa.server.keys import KeyEntry
@@ -131,6 +134,19 @@ def corpus() -> list[tuple[str, bytes]]:
     cases.append(("register, 4-byte lease", signed(register(2, struct.pack("!I", 7200)))))
     cases.append(("register, 8-byte lease clamped", signed(register(3, struct.pack("!II", 5, 9_000_000)))))
     cases.append(("register, bad lease length", signed(register(4, b"\x00\x01\x02"))))
+    zone = dns.name.from_text(BOB)
+    host = dns.name.from_text("laptop", zone)
+    ptr_name = dns.name.from_text("_ssh._tcp", zone)
+    inst = dns.name.Name((b"Bob\xe2\x80\x99s Laptop", *ptr_name.labels))
+    rrsets = (RRSet(host, dns.rdatatype.AAAA, 120, (dns.rdata.from_text("IN", "AAAA", "fd00::77"),)),
+              RRSet(inst, dns.rdatatype.SRV, 120, (dns.rdata.from_text("IN", "SRV", f"0 0 22 {host}"),)),
+              RRSet(ptr_name, dns.rdatatype.PTR, 120, (dns.rdata.from_text("IN", "PTR", inst.to_text()),),
+                    shared=True))
+    tsig_key = dnssd_update.TsigKey(BOB_KEY.name.to_text(), BOB_KEY.secret)
+    lease = dnssd_update.Lease(7200, 86400)
+    for case, msg in (("btmm-register", dnssd_update.register_update(zone, rrsets, lease)),
+                      ("btmm-register removal", dnssd_update.remove_update(zone, rrsets))):
+        cases.append((case, dnssd_update.sign(msg, tsig_key, int(NOW)).wire))
     remove = dns.update.UpdateMessage(BOB, keyring=BOB_KEY)
     remove.delete(f"Host1.{BOB}", "AAAA")
     remove.delete(f"_ssh._tcp.{BOB}", "PTR", f"Bob\\226\\128\\153s\\032Mac\\0321._ssh._tcp.{BOB}")
@@ -197,7 +213,7 @@ def corpus() -> list[tuple[str, bytes]]:
 
 FAST_CASES = {"bench host 0", "bench host 1", "bench host 2", "register, no lease",
               "register again (refresh)", "register, 4-byte lease", "register, 8-byte lease clamped",
-              "register, bad lease length", "remove",
+              "register, bad lease length", "remove", "btmm-register", "btmm-register removal",
               "prerequisite value differs", "huge TTL, duplicate rdata, case", "processed in order",
               "apex refused", "name outside the zone", "other account's zone", "replay"}
 
