@@ -422,6 +422,7 @@ class WantedPeer:
     stale: bool = False  # the endpoint may have moved: resolve again before the next attempt
     next_trigger: float = 0.0  # on demand: no new attempt before (after a failure)
     last_up: dict[str, Any] | None = None  # the last `tunnel` up record (answers repeat requests)
+    on_demand_origin: bool = False  # was on demand before a removal
 
 
 RETRY_FIRST = 1.0
@@ -572,6 +573,7 @@ class TunnelManager:
         self.on_demand_default = bool(getattr(args, "on_demand", False)) or self.account_wide
         self.daemon = self.listening or self.on_demand_default
         self.unknown: dict[str, float] = {}  # ULA → no new lookup before (on-demand-all)
+        self.cancelled: dict[str, float] = {}  # removed while negotiating: close if up before this
         self.idle_timeout = float(getattr(args, "idle_timeout", 600.0) or 0.0)
         self.failures = 0
         self.reasons: list[str] = []
@@ -680,6 +682,7 @@ class TunnelManager:
                 return
             if conn is not None:
                 conn.waiting.add(inner)
+            peer.on_demand_origin = peer.on_demand
             peer.on_demand = False  # no re-arming after this close
             was_up = peer.handle is not None and peer.up
         if peer.armed:
@@ -689,6 +692,8 @@ class TunnelManager:
         else:
             with self.lock:
                 self.wanted.pop(inner, None)
+                if peer.negotiating or not peer.on_demand_origin:
+                    self.cancelled[inner] = time.monotonic() + 60  # a negotiation may still finish
             self.emit_for(inner, self.state_record(peer, "down", reason="removed",
                                                    message="closed: the service disappeared from DNS"))
 
@@ -943,6 +948,8 @@ class TunnelManager:
         self.out.explain(f"CHILD SA with {c.inner}: SPI in {c.spi_in.hex()} out {c.spi_out.hex()}")
         with self.lock:
             peer = self.wanted.get(c.inner)
+            cancelled = (peer is None and self.cancelled.pop(c.inner, 0.0) > time.monotonic()
+                         and not e.rekey_of)
             if peer is not None:
                 peer.up, peer.ever_up, peer.attempts, peer.handle = True, True, 0, e.handle
                 peer.negotiating = False
@@ -957,6 +964,9 @@ class TunnelManager:
         if peer is not None:
             peer.last_up = record
         self.emit_for(c.inner, record)
+        if cancelled and self.service is not None:
+            self.out.explain(f"{c.inner} was removed while its tunnel was being negotiated: closing it")
+            self.service.command("close", e.handle)
 
     def ike_down(self, e: ev.IkeSaDown) -> None:
         from ike_lite import events as ev
