@@ -10,13 +10,19 @@ and the wall time, median / p90 / range.
   fetch started when the ``tunnel up`` record appears. Stages: browse (the same queries,
   timed in-process in a separate run), resolve (``resolve_ms``), IKE (``setup_ms``: first
   request → CHILD SA installed), TCP connect + first byte; "start-up" is the rest (three
-  interpreter start-ups and imports, the dominant cost).
+  interpreter start-ups and imports, the dominant cost). ``pipeline_to_up`` is the time to
+  the ``tunnel up`` record; ``fetch_process`` the start-up of the process that fetches (the
+  "app" of this view, counted in the wall time like a curl would be).
 * **warm daemon, control socket**: the laptop's ``btmm-tunnel-up --listen`` runs already
   (started before the clock, no peers) and so does the "app", a Python process in the café
   namespace with its imports done. Per run the app browses and resolves with dnssd_wa's
   library (a new DNS client: nothing cached), hands the tunnel-endpoint record to the daemon
   over its control socket, waits for the ``tunnel up`` answer, then TCP-connects to the ULA
   and reads the first byte. Between runs the app removes the peer (not timed).
+* **warm daemon, cold pipeline**: the same daemon; the clock starts with the cold view's
+  three commands, whose btmm-tunnel-up finds the daemon and hands the record over (as
+  ``--via``) instead of starting a datapath and IKE itself. Between runs the app removes the
+  peer.
 * **on demand**: the daemon runs with ``--on-demand``; the app browses, resolves, hands the
   record over (answer: ``armed``, no IKE yet) and connects at once: the TCP SYN waits in the
   datapath while IKE runs, then leaves through the new tunnel.
@@ -185,17 +191,22 @@ def wait_state(stage: Stage, state: str, seen: int, timeout: float = 10.0) -> di
 
 
 def cold_view(world: World, runs: int) -> dict[str, list[float]]:
-    rows: dict[str, list[float]] = {k: [] for k in ("browse_ms", "resolve_ms", "ike_ms", "tcp_first_byte_ms",
-                                                     "protocol_total_ms", "startup_ms", "wall_ms")}
+    keys = ("browse_ms", "resolve_ms", "ike_ms", "tcp_first_byte_ms", "protocol_total_ms", "pipeline_to_up_ms",
+            "fetch_process_ms", "startup_ms", "wall_ms")
+    rows: dict[str, list[float]] = {k: [] for k in keys}
     for i in range(runs):
         b = json.loads(world.lab.run(world.cafe_ns, [sys.executable, "-c", BROWSE_SNIPPET]).stdout)
         t0 = time.monotonic()
         client = world.start_cafe_client()
         up = client.wait_for(lambda r: r.get("type") == "tunnel" and r.get("state") == "up", 30, "tunnel")
+        t_up = time.monotonic()
         body, ttfb = world.fetch(str(up["inner_remote"]))
-        wall = (time.monotonic() - t0) * 1000
+        t_end = time.monotonic()
+        wall = (t_end - t0) * 1000
         if "hello" not in body:
             raise SystemExit(f"cold run {i}: unexpected response {body!r}")
+        rows["pipeline_to_up_ms"].append((t_up - t0) * 1000)
+        rows["fetch_process_ms"].append((t_end - t_up) * 1000 - ttfb * 1000)
         world.stop_stage("cafe-client")
         protocol = b["browse_ms"] + float(up["resolve_ms"]) + float(up["setup_ms"]) + ttfb * 1000
         rows["browse_ms"].append(b["browse_ms"])
@@ -229,6 +240,37 @@ def warm_view(world: World, app: App, runs: int, daemon: Stage, on_demand: bool)
         # The datapath announces a destination at most once a second: re-armed sooner, the first
         # SYN would wait for btmm-tunnel-up's sweep of held packets (<= 0.1 s) instead.
         time.sleep(1.1 if on_demand else 0.2)
+    return rows
+
+
+def pipeline_via_daemon_view(world: World, app: App, runs: int, daemon: Stage) -> dict[str, list[float]]:
+    """The cold pipeline's commands while the laptop's daemon runs: btmm-tunnel-up hands the
+    record to it (control socket) instead of starting a datapath and IKE of its own."""
+    rows: dict[str, list[float]] = {k: [] for k in ("resolve_ms", "ike_ms", "pipeline_to_up_ms",
+                                                     "fetch_process_ms", "tcp_first_byte_ms", "wall_ms")}
+    for i in range(runs):
+        seen = len(daemon.records)
+        t0 = time.monotonic()
+        client = world.start_cafe_client(name="cafe-via")
+        up = client.wait_for(lambda r: r.get("type") == "tunnel" and r.get("state") == "up", 30, "tunnel")
+        t_up = time.monotonic()
+        body, ttfb = world.fetch(str(up["inner_remote"]))
+        t_end = time.monotonic()
+        wall = (t_end - t0) * 1000
+        if "hello" not in body or up.get("already"):
+            raise SystemExit(f"pipeline-via run {i}: {body!r} {up}")
+        world.stop_stage("cafe-via")
+        rows["resolve_ms"].append(float(up["resolve_ms"]))
+        rows["ike_ms"].append(float(up["setup_ms"]))
+        rows["pipeline_to_up_ms"].append((t_up - t0) * 1000)
+        rows["fetch_process_ms"].append((t_end - t_up) * 1000 - ttfb * 1000)
+        rows["tcp_first_byte_ms"].append(ttfb * 1000)
+        rows["wall_ms"].append(wall)
+        wait_state(daemon, "up", seen)
+        seen = len(daemon.records)
+        app.call("remove")
+        wait_state(daemon, "down", seen)
+        time.sleep(0.2)
     return rows
 
 
@@ -316,6 +358,10 @@ def main() -> int:
             rows = warm_view(world, app, args.runs, daemon, on_demand=False)
             results["warm"] = show("warm daemon + app: browse, resolve (library), control socket → "
                                    "tunnel up, connect, first byte", rows)
+            rows = pipeline_via_daemon_view(world, app, args.runs, daemon)
+            results["pipeline_via_daemon"] = show(
+                "warm daemon, cold pipeline: btmm-browse | btmm-resolve-tunnel | btmm-tunnel-up (→ control "
+                "socket), then fetch", rows)
             world.stop_stage("cafe-daemon")
         if "on-demand" in views or "idle" in views:
             daemon = world.start_cafe_daemon("--on-demand", "--idle-timeout", "1")
@@ -329,7 +375,7 @@ def main() -> int:
                     "on demand after an idle close: connect (the SYN re-resolves + IKE), first byte", rows)
             world.stop_stage("cafe-daemon")
     results["startup"] = show("start-up (outside namespaces)", startup_view(max(3, args.runs // 2)))
-    for view in ("cold", "warm", "on_demand", "on_demand_after_idle"):
+    for view in ("cold", "warm", "pipeline_via_daemon", "on_demand", "on_demand_after_idle"):
         if view in results:
             wall = results[view]["wall_ms"]
             print(f"{view:<22} wall median {wall['median']:7.1f} ms, p90 {wall['p90']:7.1f} ms "
