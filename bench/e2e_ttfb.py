@@ -191,8 +191,8 @@ def wait_state(stage: Stage, state: str, seen: int, timeout: float = 10.0) -> di
 
 
 def cold_view(world: World, runs: int) -> dict[str, list[float]]:
-    keys = ("browse_ms", "resolve_ms", "ike_ms", "tcp_first_byte_ms", "protocol_total_ms", "pipeline_to_up_ms",
-            "fetch_process_ms", "startup_ms", "wall_ms")
+    keys = ("browse_ms", "resolve_ms", "ike_ms", "tcp_first_byte_ms", "protocol_total_ms",
+            "pipeline_to_up_ms", "fetch_process_ms", "startup_ms", "wall_ms")
     rows: dict[str, list[float]] = {k: [] for k in keys}
     for i in range(runs):
         b = json.loads(world.lab.run(world.cafe_ns, [sys.executable, "-c", BROWSE_SNIPPET]).stdout)
