@@ -68,11 +68,15 @@ def render(record: Record) -> RenderableType:
     style = "red" if record.get("stale") else "green"
     state = "stale (process gone)" if record.get("stale") else f"pid {record.get('pid')}"
     title = f"[bold]{component}[/bold] — [{style}]{state}[/{style}], updated {_age(record.get('updated'))}"
-    skip = {"type", "v", "component", "pid", "updated", "stale", "tunnels"}
+    skip = {"type", "v", "component", "pid", "updated", "stale", "tunnels", "armed"}
     body: list[RenderableType] = [_kv_table(record, skip)]
     tunnels = record.get("tunnels")
     if isinstance(tunnels, list):
-        body.append(_tunnels_table([t for t in tunnels if isinstance(t, dict)]))
+        rows = [t for t in tunnels if isinstance(t, dict)]
+        armed = record.get("armed")  # btmm-tunnel-up --on-demand: ULAs waiting for traffic
+        if isinstance(armed, list):
+            rows += [{"peer": a, "state": "armed", "inner_remote": a} for a in armed if isinstance(a, str)]
+        body.append(_tunnels_table(rows))
     return Panel(Group(*body), title=title, title_align="left")
 
 
