@@ -555,11 +555,15 @@ def main_body() -> int:
     daemon = args.listen or args.on_demand or args.on_demand_all
     if daemon or stdin_records_available():
         path = control_path(args)
-        if not daemon and path is not None:
-            sock = connect_control(path)
-            if sock is not None:  # the host's daemon owns the port: let it do the work
+        sock = connect_control(path) if path is not None else None
+        if sock is not None and path is not None:
+            if not daemon:  # the host's daemon owns the port: let it do the work
                 out.explain(f"a btmm-tunnel-up daemon runs on this host ({path}); handing the records to it")
                 return run_via(sock, path, args, out)
+            sock.close()
+            raise Fatal(f"a btmm-tunnel-up daemon already runs on this host (control socket {path}); "
+                        "hand it records with `btmm-tunnel-up --via` (add --on-demand to arm them), or "
+                        "stop it first")
         return run_ike(args, out, signals)
     raise Fatal("nothing to do: give --static-keys FILE, --listen, or tunnel-endpoint records "
                 "on stdin (btmm-resolve-tunnel | btmm-tunnel-up)", EXIT_USAGE)

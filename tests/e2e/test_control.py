@@ -111,6 +111,11 @@ def test_pipelines_use_the_running_daemon(world: World) -> None:
     path = world.control_path("cafe")
     mode = os.stat(path).st_mode
     assert stat.S_ISSOCK(mode) and stat.S_IMODE(mode) == 0o600, oct(mode)
+    # a second daemon on the same host is refused with the way out
+    second = subprocess.run([bin_path("btmm-tunnel-up"), "--host", CAFE_LABEL, "--listen"],
+                            env=world.env("cafe"), capture_output=True, text=True, check=False, timeout=30)
+    assert second.returncode == 2 and "already runs on this host" in second.stderr, second.stderr
+    assert "--via" in second.stderr and len(second.stderr.splitlines()) == 1
     # 1. a plain pipeline: the daemon answers on the control socket, so the records go there
     recs, codes = resolve_into_tunnel_up(world, "to-imac", HOME_LABEL)
     assert codes == [0, 0], (codes, recs)
