@@ -237,9 +237,7 @@ def warm_view(world: World, app: App, runs: int, daemon: Stage, on_demand: bool)
         seen = len(daemon.records)
         app.call("remove")
         wait_state(daemon, "down", seen)
-        # The datapath announces a destination at most once a second: re-armed sooner, the first
-        # SYN would wait for btmm-tunnel-up's sweep of held packets (<= 0.1 s) instead.
-        time.sleep(1.1 if on_demand else 0.2)
+        time.sleep(0.2)
     return rows
 
 
