@@ -29,13 +29,13 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from typing import TYPE_CHECKING, Any
 
 import ula
 from tools.cli import EXIT_USAGE, Fatal
+
+if TYPE_CHECKING:  # cryptography is loaded only where a host identity is (the control client needs none)
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 ACCOUNT_ENV = "BTMM_ACCOUNT"
 STATE_ENV = "BTMM_STATE_DIR"
@@ -257,6 +257,9 @@ class HostIdentity:
 
 def load_or_create_identity(directory: Path) -> HostIdentity:
     """The host identity from ``directory/identity.key``, created (0600) on first use."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
     path = directory / "identity.key"
     if path.exists():
         check_private(path, "host identity key")

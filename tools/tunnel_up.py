@@ -45,6 +45,7 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
+from tools.account_file import state_dir
 from tools.cli import (
     EXIT_OK,
     EXIT_PARTIAL,
@@ -73,7 +74,6 @@ DEFAULT_PORT = 4500
 DEFAULT_TUN = "btmm0"
 DEFAULT_MTU = 1280
 CONTROL_NAME = "tunnel-up.sock"
-STATE_ENV = "BTMM_STATE_DIR"  # as tools/account_file.py (not imported here: it loads cryptography)
 
 # ------------------------------------------------------------------------------ IKE hook
 #: The IKE mode: ``run_ike_mode(args, datapath, out, stop) -> exit code``. ``datapath`` is
@@ -186,17 +186,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # ------------------------------------------------------------------------------ control client
-def state_dir_path(arg: str | None) -> Path:
-    """The host state directory, as tools/account_file.state_dir (which loads cryptography)."""
-    if arg:
-        return Path(arg)
-    env = os.environ.get(STATE_ENV)
-    if env:
-        return Path(env)
-    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
-    return Path(base) / "btmm"
-
-
 def control_path(args: argparse.Namespace, explicit: str | None = None) -> Path | None:
     """The control socket path (None: disabled with ``--control none``)."""
     text = explicit if explicit else getattr(args, "control", None)
@@ -204,7 +193,7 @@ def control_path(args: argparse.Namespace, explicit: str | None = None) -> Path 
         return None
     if text:
         return Path(text)
-    return state_dir_path(getattr(args, "state_dir", None)) / CONTROL_NAME
+    return state_dir(getattr(args, "state_dir", None)) / CONTROL_NAME
 
 
 def connect_control(path: Path) -> socket.socket | None:
@@ -446,7 +435,6 @@ def start_datapath(args: argparse.Namespace, inner: str, port: int,
 
 def run_static(args: argparse.Namespace, out: Output, signals: Signals) -> int:
     from esp_udp.errors import ConfigError
-    from tools.account_file import state_dir
     from tools.status_file import clear, publish
 
     inner, file_port, peers = load_static_keys(Path(args.static_keys))
