@@ -6,11 +6,14 @@ import ctypes
 import hashlib
 import ipaddress
 import os
+import subprocess
+import sys
 import threading
 from typing import Any
 
 from esp_udp.datapath import Datapath
 from esp_udp.sa import SAParams, Suite
+from tools.netns import Lab
 
 CLONE_NEWNET = 0x40000000
 
@@ -63,7 +66,7 @@ def sa_pair(suite: Suite, inner_a: str, outer_a: tuple[str, int], inner_b: str,
 
 TCP_SERVER = """
 import hashlib, socket, sys
-s = socket.socket(socket.AF_INET6)
+s = socket.socket(socket.AF_INET if "." in sys.argv[1] else socket.AF_INET6)
 s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
 s.bind((sys.argv[1], 5001)); s.listen(1); s.settimeout(60)
 print("ready", flush=True)
@@ -90,3 +93,43 @@ c.close()
 def expected_digest(chunks: int) -> str:
     """SHA-256 of what TCP_CLIENT sends in ``chunks`` MiB."""
     return hashlib.sha256((bytes(range(256)) * 4096) * chunks).hexdigest()
+
+
+def tcp_transfer(lab: Lab, server_ns: str, client_ns: str, dst: str, chunks: int) -> tuple[int, str]:
+    """Send ``chunks`` MiB from ``client_ns`` to TCP_SERVER on ``dst`` (IPv6 or IPv4): (bytes, sha256)."""
+    server = lab.popen(server_ns, [sys.executable, "-c", TCP_SERVER, dst], stdout=subprocess.PIPE)
+    assert server.stdout is not None
+    assert server.stdout.readline().strip() == b"ready"
+    client = lab.popen(client_ns, [sys.executable, "-c", TCP_CLIENT, dst, str(chunks), "0"])
+    assert client.wait(timeout=60) == 0
+    result = server.stdout.readline().decode().split()
+    server.wait(timeout=30)
+    return int(result[0]), result[1]
+
+
+def ping(lab: Lab, ns: str, dst: str, count: int = 3, interval: str = "0.05", wait: str = "1",
+         timeout: float = 30) -> int:
+    """Number of echo replies ``ns`` receives from ``dst`` (IPv6 or IPv4)."""
+    family = "-4" if "." in dst else "-6"
+    proc = lab.run(ns, ["ping", family, "-n", "-q", "-c", str(count), "-i", interval, "-W", wait, dst],
+                   check=False, timeout=timeout)
+    for line in proc.stdout.decode().splitlines():
+        if "received" in line:
+            return int(line.split(",")[1].split()[0])
+    return 0
+
+
+class Demands:
+    """An on_demand callback that records the destinations (called in the worker thread)."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+        self.lock = threading.Lock()
+
+    def __call__(self, dest: str) -> None:
+        with self.lock:
+            self.calls.append(dest)
+
+    def count(self, dest: str) -> int:
+        with self.lock:
+            return self.calls.count(dest)

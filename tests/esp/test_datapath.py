@@ -15,7 +15,7 @@ import pytest
 from esp_udp.datapath import Datapath, DatapathEvent
 from esp_udp.errors import ConfigError
 from esp_udp.sa import Suite
-from tests.esp.nslib import TCP_CLIENT, TCP_SERVER, datapath_in, expected_digest, sa_pair
+from tests.esp.nslib import datapath_in, expected_digest, ping, sa_pair, tcp_transfer
 from tools.netns import Lab, wait_for
 
 A_INNER, B_INNER, C_INNER = "fd00:5::a", "fd00:5::b", "fd00:5::c"
@@ -55,26 +55,6 @@ def topo() -> Iterator[tuple[Lab, str, str]]:
         lab.addr(b, "vb", "198.18.5.2/24")
         yield lab, a, b
 
-
-def ping(lab: Lab, ns: str, dst: str, count: int = 3, interval: str = "0.05") -> int:
-    """Number of replies received."""
-    proc = lab.run(ns, ["ping", "-6", "-n", "-q", "-c", str(count), "-i", interval, "-W", "1", dst],
-                   check=False, timeout=30)
-    for line in proc.stdout.decode().splitlines():
-        if "received" in line:
-            return int(line.split(",")[1].split()[0])
-    return 0
-
-
-def tcp_transfer(lab: Lab, server_ns: str, client_ns: str, dst: str, chunks: int) -> tuple[int, str]:
-    server = lab.popen(server_ns, [sys.executable, "-c", TCP_SERVER, dst], stdout=subprocess.PIPE)
-    assert server.stdout is not None
-    assert server.stdout.readline().strip() == b"ready"
-    client = lab.popen(client_ns, [sys.executable, "-c", TCP_CLIENT, dst, str(chunks), "0"])
-    assert client.wait(timeout=60) == 0
-    result = server.stdout.readline().decode().split()
-    server.wait(timeout=30)
-    return int(result[0]), result[1]
 
 
 def test_datapath_api(topo: tuple[Lab, str, str]) -> None:

@@ -6,17 +6,14 @@ and on-demand announcements for IPv4 destinations."""
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import ipaddress
-import subprocess
 import sys
-import threading
 
 import pytest
 
 from esp_udp.esp import OutboundSA
 from esp_udp.sa import Suite
-from tests.esp.nslib import datapath_in, sa_pair
+from tests.esp.nslib import Demands, datapath_in, expected_digest, ping, sa_pair, tcp_transfer
 from tools.netns import Lab, wait_for
 
 A_INNER, B_INNER = "fd00:7::a", "fd00:7::b"
@@ -25,58 +22,9 @@ A_OUTER, B_OUTER = ("198.18.8.1", 4500), ("198.18.8.2", 4500)
 
 pytestmark = pytest.mark.netns
 
-SERVER = """
-import hashlib, socket, sys
-s = socket.socket(socket.AF_INET)
-s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind((sys.argv[1], 5003)); s.listen(1); s.settimeout(60)
-print("ready", flush=True)
-c, _ = s.accept(); c.settimeout(60)
-h = hashlib.sha256(); n = 0
-while True:
-    d = c.recv(65536)
-    if not d: break
-    h.update(d); n += len(d)
-print(n, h.hexdigest(), flush=True)
-"""
-
-CLIENT = """
-import socket, sys
-data = bytes(range(256)) * 4096
-c = socket.create_connection((sys.argv[1], 5003), timeout=60)
-for _ in range(int(sys.argv[2])):
-    c.sendall(data)
-c.close()
-"""
-
-
-def transfer(lab: Lab, server_ns: str, client_ns: str, dst: str, mib: int) -> tuple[int, str]:
-    server = lab.popen(server_ns, [sys.executable, "-c", SERVER, dst], stdout=subprocess.PIPE)
-    assert server.stdout is not None and server.stdout.readline().strip() == b"ready"
-    client = lab.popen(client_ns, [sys.executable, "-c", CLIENT, dst, str(mib)])
-    assert client.wait(timeout=60) == 0
-    result = server.stdout.readline().decode().split()
-    server.wait(timeout=30)
-    return int(result[0]), result[1]
-
-
-def ping4(lab: Lab, ns: str, dst: str, count: int = 3) -> int:
-    proc = lab.run(ns, ["ping", "-4", "-n", "-q", "-c", str(count), "-i", "0.05", "-W", "1", dst],
-                   check=False, timeout=30)
-    for line in proc.stdout.decode().splitlines():
-        if "received" in line:
-            return int(line.split(",")[1].split()[0])
-    return 0
-
 
 def test_inner_ipv4() -> None:
-    demands: list[str] = []
-    lock = threading.Lock()
-
-    def on_demand(dest: str) -> None:
-        with lock:
-            demands.append(dest)
-
+    demands = Demands()
     with Lab() as lab:
         ns_a, ns_b = lab.ns("v4a"), lab.ns("v4b")
         lab.veth(ns_a, "va", ns_b, "vb")
@@ -86,15 +34,15 @@ def test_inner_ipv4() -> None:
         pa = dataclasses.replace(pa, inner4=ipaddress.IPv4Address(B4))
         pb = dataclasses.replace(pb, inner4=ipaddress.IPv4Address(A4))
         assert pa.to_json()["inner4"] == B4 and pa.from_json(pa.to_json()) == pa
-        a = datapath_in(ns_a, A_INNER, local_inner4=A4, tso=True, on_demand=on_demand)
+        a = datapath_in(ns_a, A_INNER, local_inner4=A4, tso=True, on_demand=demands)
         b = datapath_in(ns_b, B_INNER, local_inner4=B4, offload=False)
         try:
             a.add_peer(pa)
             b.add_peer(pb)
             routes = lab.run(ns_a, ["ip", "-4", "route", "show", "dev", "btmm0"]).stdout.decode()
             assert f"{B4} " in routes and "mtu 1280" in routes
-            assert ping4(lab, ns_a, B4) == 3
-            assert ping4(lab, ns_b, A4) == 3
+            assert ping(lab, ns_a, B4) == 3
+            assert ping(lab, ns_b, A4) == 3
             # IPv6 keeps working in the same tunnel
             v6 = lab.run(ns_a, ["ping", "-6", "-n", "-q", "-c", "2", "-i", "0.05", "-W", "1", B_INNER],
                          check=False, timeout=30).stdout.decode()
@@ -105,9 +53,8 @@ def test_inner_ipv4() -> None:
 
             # TCP both ways: A hands B TCP segments whose checksums A finished (B's plain TUN
             # makes B's kernel verify them); B→A goes through A's coalescing write path.
-            want = hashlib.sha256((bytes(range(256)) * 4096) * 2).hexdigest()
-            assert transfer(lab, ns_b, ns_a, B4, 2) == (2 << 20, want)
-            assert transfer(lab, ns_a, ns_b, A4, 2) == (2 << 20, want)
+            assert tcp_transfer(lab, ns_b, ns_a, B4, 2) == (2 << 20, expected_digest(2))
+            assert tcp_transfer(lab, ns_a, ns_b, A4, 2) == (2 << 20, expected_digest(2))
 
             # Ingress filter: B authenticates an IPv4 packet from an address not its own.
             from scapy.layers.inet import ICMP, IP
@@ -123,8 +70,8 @@ def test_inner_ipv4() -> None:
 
             # On-demand for an IPv4 destination in a routed prefix.
             a.route_prefix("10.77.0.0/16")
-            assert ping4(lab, ns_a, "10.77.5.5", count=1) == 0
-            wait_for(lambda: "10.77.5.5" in demands, 5, what="on_demand for 10.77.5.5")
+            assert ping(lab, ns_a, "10.77.5.5", count=1) == 0
+            wait_for(lambda: demands.count("10.77.5.5") > 0, 5, what="on_demand for 10.77.5.5")
             assert a.counters()["pending"].get("10.77.5.5") == 1
 
             a.remove_peer(B_INNER)

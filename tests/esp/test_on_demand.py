@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
 
 import pytest
 
 from esp_udp.datapath import Datapath
 from esp_udp.sa import Suite
-from tests.esp.nslib import datapath_in, sa_pair
+from tests.esp.nslib import Demands, datapath_in, sa_pair
 from tools.netns import Lab, wait_for
 
 A_INNER, B_INNER, C_INNER = "fd00:6:1::a", "fd00:6:1::b", "fd00:6:2::c"
@@ -37,21 +36,6 @@ c = socket.create_connection((sys.argv[1], 5002), timeout=20)
 c.sendall(b"on-demand"); print(c.recv(100).decode(), flush=True)
 """
 
-
-class Demands:
-    """The on_demand callback: records destinations (called in the worker thread)."""
-
-    def __init__(self) -> None:
-        self.calls: list[str] = []
-        self.lock = threading.Lock()
-
-    def __call__(self, dest: str) -> None:
-        with self.lock:
-            self.calls.append(dest)
-
-    def count(self, dest: str) -> int:
-        with self.lock:
-            return self.calls.count(dest)
 
 
 @pytest.fixture(scope="module")

@@ -20,6 +20,7 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,11 @@ import pytest
 from esp_udp.sa import SAParams, Suite
 from tests.conftest import script
 from tests.esp.nslib import TCP_CLIENT, TCP_SERVER, expected_digest
+from tests.esp.nslib import ping as nslib_ping
 from tools.netns import Lab, require_binary, wait_for
+
+# The CLI topology runs tunnel-up processes: a little more patience per echo than the API tests.
+ping = partial(nslib_ping, interval="0.1", wait="2", timeout=60)
 
 pytestmark = pytest.mark.netns
 
@@ -126,14 +131,6 @@ def topo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Topo]:
             assert tunnel.lines, tunnel.proc.stderr.read().decode() if tunnel.proc.stderr else ""
         yield Topo(lab, host, router, peer, tmp, tunnels[0], tunnels[1], keylog)
 
-
-def ping(lab: Lab, ns: str, dst: str, count: int = 3, interval: str = "0.1") -> int:
-    proc = lab.run(ns, ["ping", "-6", "-n", "-q", "-c", str(count), "-i", interval, "-W", "2", dst],
-                   check=False, timeout=60)
-    for line in proc.stdout.decode().splitlines():
-        if "received" in line:
-            return int(line.split(",")[1].split()[0])
-    return 0
 
 
 def tcp_transfer(topo: Topo, chunks: int, pause: float,
