@@ -220,6 +220,14 @@ def cold_view(world: World, runs: int) -> dict[str, list[float]]:
     return rows
 
 
+def remove_tunnel(app: App, daemon: Stage) -> None:
+    """Back to an empty client: the app has the daemon remove the peer; wait for its down record."""
+    seen = len(daemon.records)
+    app.call("remove")
+    wait_state(daemon, "down", seen)
+    time.sleep(0.2)
+
+
 def warm_view(world: World, app: App, runs: int, daemon: Stage, on_demand: bool) -> dict[str, list[float]]:
     keys = ("browse_ms", "resolve_ms", "control_ms", "ike_ms", "connect_ms", "first_byte_ms", "wall_ms")
     rows: dict[str, list[float]] = {k: [] for k in keys}
@@ -234,10 +242,7 @@ def warm_view(world: World, app: App, runs: int, daemon: Stage, on_demand: bool)
         up = wait_state(daemon, "up", seen)
         for key in keys:
             rows[key].append(float(up["setup_ms"]) if key == "ike_ms" else float(r[key]))
-        seen = len(daemon.records)
-        app.call("remove")
-        wait_state(daemon, "down", seen)
-        time.sleep(0.2)
+        remove_tunnel(app, daemon)
     return rows
 
 
@@ -265,10 +270,7 @@ def pipeline_via_daemon_view(world: World, app: App, runs: int, daemon: Stage) -
         rows["tcp_first_byte_ms"].append(ttfb * 1000)
         rows["wall_ms"].append(wall)
         wait_state(daemon, "up", seen)
-        seen = len(daemon.records)
-        app.call("remove")
-        wait_state(daemon, "down", seen)
-        time.sleep(0.2)
+        remove_tunnel(app, daemon)
     return rows
 
 
@@ -339,10 +341,7 @@ def main() -> int:
         world = World.create(lab)
         world.create_account()
         world.start_dns()
-        reg = world.start_home_registration()
-        reg.wait_for(lambda r: r.get("type") == "registration" and r.get("outer"), 60, "registration")
-        world.start_home_tunnel()
-        world.start_home_service()
+        world.start_home()
         time.sleep(0.5)
         print(f"time to first byte, demo topology (two NATs), {args.runs} runs per view "
               "(shared 2-core VM: noisy)")

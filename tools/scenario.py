@@ -293,6 +293,15 @@ class World:
                                  [[bin_path("btmm-map-port"), "--watch", "--json"], register])
         return self.pipeline("home-register", self.home_ns, "home", [register])
 
+    def start_home(self) -> Stage:
+        """Bob's iMac in full: registered through its NAT (waits for the outer endpoint), its tunnel
+        listener and its HTTP service. Returns the registration stage."""
+        reg = self.start_home_registration()
+        reg.wait_for(lambda r: r.get("type") == "registration" and bool(r.get("outer")), 60, "registration")
+        self.start_home_tunnel()
+        self.start_home_service()
+        return reg
+
     def start_home_tunnel(self) -> Stage:
         """The iMac's ``btmm-tunnel-up --listen``; returns once it answers (its control socket is up,
         which happens after the UDP port and the TUN device)."""

@@ -73,10 +73,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         w = World.create(lab, tmp_path_factory.mktemp("control-world"))
         w.create_account()
         w.start_dns()
-        reg = w.start_home_registration()
-        reg.wait_for(lambda r: r.get("type") == "registration" and r.get("outer"), 60, "registration")
-        w.start_home_tunnel()
-        w.start_home_service()
+        w.start_home()
         w.add_public_host("vps", "198.18.3.2")
         yield w
 
