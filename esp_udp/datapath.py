@@ -510,10 +510,11 @@ class Datapath:
 
         Packets to addresses in it without a peer then reach the datapath: dropped as
         ``no_route``, or held and announced through ``on_demand``. Peers' /128 routes are
-        more specific and coexist with it; a single address (``"fd00:1:2::5"``, a /128) may
-        also be a peer's: :meth:`remove_peer` then keeps the route, :meth:`unroute_prefix`
-        keeps it while the peer exists. Works before :meth:`start` (applied then) and after;
-        idempotent.
+        more specific and coexist with it; routing a single address again restarts its
+        once-a-second announcement limit (like :meth:`remove_peer`). A single address
+        (``"fd00:1:2::5"``, a /128) may also be a peer's: :meth:`remove_peer` then keeps the
+        route, :meth:`unroute_prefix` keeps it while the peer exists. Works before
+        :meth:`start` (applied then) and after; idempotent.
         """
         try:
             net = ipaddress.ip_network(prefix, strict=False)
@@ -521,6 +522,8 @@ class Datapath:
             raise ConfigError(f"route prefix {prefix!r} is not an IP prefix (e.g. fd00:1:2::/48)") from None
         with self._lock:
             self._prefixes.add(net)
+            if net.prefixlen == net.max_prefixlen:  # (re-)armed: announced by its next packet
+                self._demand_last.pop(net.network_address.packed, None)
         if self.tun is not None:
             self.tun.add_prefix(net, self.mtu)
 

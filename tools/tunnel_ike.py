@@ -429,7 +429,6 @@ RETRY_FIRST = 1.0
 RETRY_MAX = 30.0
 CONTROL_MAX_CLIENTS = 64
 UNKNOWN_RETRY = 30.0  # seconds before a ULA no host advertises is looked up again (on-demand-all)
-DEMAND_SWEEP = 0.1  # seconds between looks at held packets nobody announced (see TunnelManager.sweep)
 CONTROL_MAX_LINE = 65536
 
 
@@ -727,34 +726,12 @@ class TunnelManager:
         """Start IKE for armed peers that got traffic (own thread: re-resolving may take a while)."""
         while not self.stop.is_set():
             try:
-                destination = self.demand.get(timeout=DEMAND_SWEEP)
+                destination = self.demand.get(timeout=0.5)
             except queue.Empty:
-                self.sweep()
                 continue
             if destination == "":
                 return
             self.trigger(destination)
-
-    def sweep(self) -> None:
-        """Packets held for an armed peer that nobody announced: the datapath announces a
-        destination at most once a second, so a peer re-armed within that second (removed and
-        asked for again) would wait for the sender's retransmission. Look at what it holds."""
-        with self.lock:
-            idle = self.account_wide or any(p.armed and not p.up and not p.negotiating
-                                            for p in self.wanted.values())
-        if not idle or getattr(self.datapath, "on_demand", None) is None:
-            return
-        pending = self.datapath.counters().get("pending") or {}
-        now = time.monotonic()
-        for destination in pending:
-            with self.lock:
-                peer = self.wanted.get(destination)
-                ready = (peer is not None and peer.armed and not peer.up and not peer.negotiating
-                         and now >= peer.next_trigger)
-                if peer is None and self.account_wide:
-                    ready = self.unknown.get(destination, 0.0) <= now
-            if ready:
-                self.trigger(destination)
 
     def arm_account(self) -> None:
         """``--on-demand-all``: route the account's whole ULA /48 into the TUN device."""

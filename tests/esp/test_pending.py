@@ -102,3 +102,18 @@ def test_remove_peer_restarts_the_rate_limit() -> None:
     dp._hold(key("fd00:8::5"), None, memoryview(b"b"))
     dp._hold(key("10.8.0.5"), None, memoryview(b"b"))
     assert calls == ["fd00:8::5", "10.8.0.5", "fd00:8::5", "10.8.0.5"]
+
+
+def test_routing_an_address_again_restarts_the_rate_limit() -> None:
+    """A peer re-armed (its ULA routed again) within the second is announced by its next packet;
+    a prefix route or the same second otherwise stays quiet."""
+    dp, clock, calls = make()
+    dp._hold(key("fd00:8::7"), None, memoryview(b"a"))
+    clock.now += 0.1
+    dp._hold(key("fd00:8::7"), None, memoryview(b"b"))
+    dp.route_prefix("fd00:8::/48")
+    dp._hold(key("fd00:8::7"), None, memoryview(b"c"))
+    assert calls == ["fd00:8::7"]
+    dp.route_prefix("fd00:8::7")
+    dp._hold(key("fd00:8::7"), None, memoryview(b"d"))
+    assert calls == ["fd00:8::7", "fd00:8::7"]
