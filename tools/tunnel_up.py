@@ -3,7 +3,8 @@
 Two ways to key the tunnels:
 
 * ``--static-keys FILE`` (manual keying, for tests and benchmarks — the equivalent of
-  ``ip xfrm state add``): the JSON file (mode 0600) holds ``{"local": {"inner", "port"},
+  ``ip xfrm state add``): the JSON file (mode 0600) holds ``{"local": {"inner", "port",
+  "inner4" (optional)},
   "peers": [SA parameters, ...]}`` in the plain-data form of :class:`esp_udp.SAParams`.
 * IKE mode (``--listen``, ``--on-demand``, or ``tunnel-endpoint`` records on stdin):
   ``tools/tunnel_ike.py`` through the hook :func:`load_ike_mode` below.
@@ -43,7 +44,7 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from tools.account_file import state_dir
 from tools.cli import (
@@ -138,7 +139,8 @@ def build_parser() -> argparse.ArgumentParser:
         '   "outer": "198.18.0.2:4500", "suite": "aes256gcm16", "spi_in": "c0ffee01",\n'
         '   "spi_out": "c0ffee02", "key_in": "<hex key||salt>", "key_out": "<hex>"}]}\n'
         "  (key_in/spi_in protect what this host receives; suite also aes128gcm16,\n"
-        '   chacha20poly1305; optional per-peer "keepalive": true when behind a NAT)\n'
+        '   chacha20poly1305; optional per-peer "keepalive": true when behind a NAT;\n'
+        '   optional "inner4": "10.x.y.z" in local and in a peer: IPv4 through the tunnel too)\n'
         "SIGUSR1 writes a counters record.",
     )
     parser.add_argument("--static-keys", metavar="FILE", help="JSON file of SA parameters (0600)")
@@ -314,10 +316,19 @@ def no_daemon(path: Path) -> Fatal:
 
 
 # ------------------------------------------------------------------------------ static keys
-def load_static_keys(path: Path) -> tuple[str, int | None, list[tuple[SAParams, bool]]]:
-    """(local inner, local port, [(params, keepalive)]) from a static-keys file."""
+class StaticKeys(NamedTuple):
+    """A static-keys file: the local section and the peers."""
+
+    inner: str
+    port: int | None
+    peers: list[tuple[SAParams, bool]]  # (params, keepalive)
+    inner4: str | None = None  # local.inner4: this host's inner IPv4 (optional)
+
+
+def load_static_keys(path: Path) -> StaticKeys:
+    """The local inner address(es), port and peers of a static-keys file."""
     from esp_udp.errors import ConfigError
-    from esp_udp.sa import SAParams, parse_inner
+    from esp_udp.sa import SAParams, parse_inner, parse_inner4
     from tools.account_file import check_private
 
     check_private(path, "static keys file")
@@ -334,6 +345,8 @@ def load_static_keys(path: Path) -> tuple[str, int | None, list[tuple[SAParams, 
     local = data["local"]
     try:
         inner = str(parse_inner(local.get("inner"), "local.inner"))
+        inner4 = (str(parse_inner4(local["inner4"], "local.inner4"))
+                  if local.get("inner4") is not None else None)
     except ConfigError as exc:
         raise Fatal(f"static keys file {path}: {exc}") from None
     port = local.get("port")
@@ -349,6 +362,10 @@ def load_static_keys(path: Path) -> tuple[str, int | None, list[tuple[SAParams, 
             raise Fatal(f"static keys file {path}: peer {number}: {exc}") from None
         if str(params.inner) in seen or str(params.inner) == inner:
             raise Fatal(f"static keys file {path}: peer {number}: inner {params.inner} is used twice")
+        if params.inner4 is not None and (str(params.inner4) in seen or str(params.inner4) == inner4):
+            raise Fatal(f"static keys file {path}: peer {number}: inner4 {params.inner4} is used twice")
+        if params.inner4 is not None:
+            seen.add(str(params.inner4))
         if params.spi_in in spis_in:
             raise Fatal(f"static keys file {path}: peer {number}: spi_in {params.spi_in:08x} is used "
                         "twice (inbound SPIs must be unique on this host)")
@@ -357,7 +374,7 @@ def load_static_keys(path: Path) -> tuple[str, int | None, list[tuple[SAParams, 
         peers.append((params, bool(item.get("keepalive", False))))
     if not peers:
         raise Fatal(f"static keys file {path} has no peers")
-    return inner, port, peers
+    return StaticKeys(inner, port, peers, inner4)
 
 
 def write_keylog(path: Path, params: list[SAParams]) -> None:
@@ -414,7 +431,8 @@ class Signals:
 
 
 def start_datapath(args: argparse.Namespace, inner: str, port: int,
-                   on_event: Callable[[DatapathEvent], None] | None) -> Datapath:
+                   on_event: Callable[[DatapathEvent], None] | None, *,
+                   inner4: str | None = None) -> Datapath:
     from esp_udp.datapath import Datapath
 
     if not 576 <= args.mtu <= 65000:
@@ -423,6 +441,7 @@ def start_datapath(args: argparse.Namespace, inner: str, port: int,
     if getattr(args, "keep_warm", None) is not None:
         extra["keep_warm"] = float(args.keep_warm)
     dp = Datapath(inner, port=port, tun_name=args.tun, mtu=args.mtu, on_event=on_event,
+                  local_inner4=inner4,
                   offload=getattr(args, "offload", "gro") != "none",
                   tso=getattr(args, "offload", "gro") == "tso", **extra)
     try:
@@ -437,14 +456,14 @@ def run_static(args: argparse.Namespace, out: Output, signals: Signals) -> int:
     from esp_udp.errors import ConfigError
     from tools.status_file import clear, publish
 
-    inner, file_port, peers = load_static_keys(Path(args.static_keys))
+    inner, file_port, peers, inner4 = load_static_keys(Path(args.static_keys))
     port = args.port if args.port is not None else (file_port if file_port is not None else DEFAULT_PORT)
     if args.keylog:
         write_keylog(Path(args.keylog), [p for p, _ in peers])
         out.explain(f"keylog written to {args.keylog}")
     events: queue.SimpleQueue[DatapathEvent] = queue.SimpleQueue()
     signals.install()
-    dp = start_datapath(args, inner, port, events.put)
+    dp = start_datapath(args, inner, port, events.put, inner4=inner4)
     status_dir = state_dir(getattr(args, "state_dir", None))
     by_inner = {str(p.inner): p for p, _ in peers}
     try:

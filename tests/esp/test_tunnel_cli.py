@@ -3,7 +3,8 @@
     host (10.6.0.2, behind NAT) ── router (nft masquerade) ── peer (198.18.6.2, public)
 
 One topology serves every test in this module (in order): ping6 and a TCP transfer between
-the ULAs; tampered and replayed packets injected on the wire are dropped and counted (read
+the ULAs; ping between the inner IPv4 addresses (``inner4`` in the local section and the
+peer entry of the file); tampered and replayed packets injected on the wire are dropped and counted (read
 from the status file btmm-status reads); the keylog decrypts a capture in tshark; the NAT
 changes the outer port mid-flow and the TCP transfer continues; SIGTERM tears down cleanly.
 """
@@ -38,6 +39,7 @@ ping = partial(nslib_ping, interval="0.1", wait="2", timeout=60)
 pytestmark = pytest.mark.netns
 
 H_INNER, P_INNER = "fd00:6::a", "fd00:6::b"
+H_INNER4, P_INNER4 = "10.96.0.1", "10.96.0.2"
 ROUTER_PUBLIC, PEER_PUBLIC = "198.18.6.1", "198.18.6.2"
 NFT_NAT = """
 table ip nat {
@@ -87,8 +89,8 @@ class Topo:
     keylog: Path
 
 
-def write_keys(path: Path, inner: str, params: SAParams, keepalive: bool) -> None:
-    body = {"local": {"inner": inner, "port": 4500},
+def write_keys(path: Path, inner: str, inner4: str, params: SAParams, keepalive: bool) -> None:
+    body = {"local": {"inner": inner, "inner4": inner4, "port": 4500},
             "peers": [dict(params.to_json(), keepalive=keepalive)]}
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
@@ -111,10 +113,11 @@ def topo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Topo]:
         lab.nft(router, NFT_NAT % "")
         suite = Suite.AES256GCM16
         keys_p = SAParams(ipaddress.IPv6Address(H_INNER), (ROUTER_PUBLIC, 4500), suite, 0x6001, 0x6002,
-                          os.urandom(36), os.urandom(36))
-        keys_h = keys_p.mirrored(ipaddress.IPv6Address(P_INNER), (PEER_PUBLIC, 4500))
-        write_keys(tmp / "h.json", H_INNER, keys_h, keepalive=True)
-        write_keys(tmp / "p.json", P_INNER, keys_p, keepalive=False)
+                          os.urandom(36), os.urandom(36), inner4=ipaddress.IPv4Address(H_INNER4))
+        keys_h = keys_p.mirrored(ipaddress.IPv6Address(P_INNER), (PEER_PUBLIC, 4500),
+                                 inner4=ipaddress.IPv4Address(P_INNER4))
+        write_keys(tmp / "h.json", H_INNER, H_INNER4, keys_h, keepalive=True)
+        write_keys(tmp / "p.json", P_INNER, P_INNER4, keys_p, keepalive=False)
         keylog = tmp / "esp.keys"
         tunnels = []
         for ns, name, extra in ((host, "h", ["--keylog", str(keylog)]), (peer, "p", [])):
@@ -164,6 +167,16 @@ def test_ping_and_tcp(topo: Topo) -> None:
     assert ping(topo.lab, topo.peer, H_INNER) == 3
     assert tcp_transfer(topo, 4, 0.0) == (4 << 20, expected_digest(4))
     wait_for(lambda: topo.p.counters().get("packets_in", 0) > 1000, 5, what="status counters")
+
+
+def test_inner_ipv4_from_the_file(topo: Topo) -> None:
+    """local.inner4 puts the /32 on each TUN; the peer's inner4 routes through the tunnel."""
+    addrs = topo.lab.run(topo.host, ["ip", "-4", "-o", "addr", "show", "dev", "btmm0"]).stdout.decode()
+    assert f"{H_INNER4}/32" in addrs
+    before = topo.p.counters().get("packets_in", 0)
+    assert ping(topo.lab, topo.host, P_INNER4) == 3
+    assert ping(topo.lab, topo.peer, H_INNER4) == 3
+    wait_for(lambda: topo.p.counters().get("packets_in", 0) >= before + 3, 5, what="status counters")
 
 
 def capture_esp(topo: Topo, count: int) -> list[bytes]:
