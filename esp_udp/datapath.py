@@ -132,9 +132,11 @@ from esp_udp.esp import NH_IPV4, NH_IPV6, OVERHEAD_MAX, InboundSA, OutboundSA
 from esp_udp.offload import (
     F_DATA_VALID,
     F_NEEDS_CSUM,
+    FLUSH,
     GSO_ECN,
     GSO_NONE,
     GSO_TCPV6,
+    TAKEN,
     VNET_HDR,
     VNET_HDR_LEN,
     TcpCoalescer,
@@ -1070,13 +1072,13 @@ class Datapath:
     def _to_tun_offload(self, packet: memoryview, ipv6: bool = True) -> None:
         """Write a decrypted packet with a virtio-net header, gluing IPv6 TCP segments (GRO)."""
         co = self._coalescer
-        hdr_len = TcpCoalescer.candidate(packet) if ipv6 else 0
-        if hdr_len:
-            if co.add(packet, hdr_len):
+        if ipv6:
+            fed = co.feed(packet)
+            if fed == TAKEN:
                 return
-            if co.count:
+            if fed == FLUSH:
                 os.write(self._tun_fd, co.take())
-                co.add(packet, hdr_len)
+                co.feed(packet)
                 return
         if co.count:
             os.write(self._tun_fd, co.take())

@@ -12,8 +12,11 @@ from esp_udp.errors import EspError
 from esp_udp.offload import (
     F_DATA_VALID,
     F_NEEDS_CSUM,
+    FLUSH,
     GSO_NONE,
     GSO_TCPV6,
+    NOT_TCP,
+    TAKEN,
     VNET_HDR,
     VNET_HDR_LEN,
     TcpCoalescer,
@@ -38,6 +41,21 @@ def reference_sum(data: bytes) -> int:
 @given(st.binary(min_size=1, max_size=300))
 def test_ones_sum_matches_reference(data: bytes) -> None:
     assert ones_sum(data) % 0xFFFF == reference_sum(data) % 0xFFFF
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.binary(min_size=140, max_size=6000))
+def test_ones_sum_folded_lengths(data: bytes) -> None:
+    """Lengths where ones_sum folds the big integer (> 150 bytes) and halves it (> 2400)."""
+    assert 0 <= ones_sum(data) < 0xFFFF
+    assert ones_sum(data) == reference_sum(data) % 0xFFFF
+
+
+@pytest.mark.parametrize("size", [151, 1199, 1200, 1201, 1208, 1499, 2400, 2401, 9001, 65535])
+def test_ones_sum_sizes(size: int) -> None:
+    for fill in (b"\xff", b"\x00", b"\x80", None):
+        data = os.urandom(size) if fill is None else fill * size
+        assert ones_sum(data) == reference_sum(data) % 0xFFFF, (size, fill)
 
 
 def tcp_packet(payload: bytes, flags: str = "PA", seq: int = 1000, options: bool = True) -> bytes:
@@ -148,3 +166,25 @@ def test_coalescer_boundaries() -> None:
     assert bytes(taken[VNET_HDR_LEN:]) == bytes(first)
     assert TcpCoalescer.candidate(memoryview(tcp_packet(b"", flags="A"))) == 0  # no payload
     assert TcpCoalescer.candidate(memoryview(tcp_packet(b"x", flags="SA"))) == 0
+
+
+def test_coalescer_feed_compares_every_header_byte() -> None:
+    """A second segment that differs from a joinable one in any single header byte."""
+    first = memoryview(tcp_packet(b"a" * 100, flags="A", seq=1))
+    second = tcp_packet(b"b" * 100, flags="A", seq=101)
+    co = TcpCoalescer()
+    assert co.feed(first) == TAKEN
+    assert co.feed(memoryview(bytearray(second))) == TAKEN  # the unchanged one joins
+    for offset in range(72):
+        co = TcpCoalescer()
+        assert co.feed(first) == TAKEN
+        changed = bytearray(second)
+        changed[offset] ^= 0x01
+        if offset in (56, 57):  # checksum: ESP authenticated the packet (DATA_VALID)
+            expected = TAKEN
+        elif offset in (4, 5, 6, 53):  # IPv6 length, next header, TCP flags (FIN)
+            expected = NOT_TCP
+        else:
+            expected = FLUSH
+        assert co.feed(memoryview(changed)) == expected, offset
+        assert co.count == (2 if expected == TAKEN else 1)
