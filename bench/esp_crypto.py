@@ -17,8 +17,8 @@ kept), so a busy shared machine slows them alike. Run: .venv/bin/python bench/es
 
 from __future__ import annotations
 
+import argparse
 import os
-import sys
 import time
 from collections.abc import Callable
 
@@ -112,7 +112,11 @@ def variants(suite: Suite) -> dict[str, Callable[[], object]]:
 
 
 def main() -> None:
-    rounds = int(sys.argv[1]) if len(sys.argv) > 1 else ROUNDS
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("rounds", nargs="?", type=int, default=ROUNDS,
+                        help=f"round-robin rounds of {N} calls each (default {ROUNDS})")
+    rounds = parser.parse_args().rounds
     print(f"esp_udp crypto, {SIZE}-byte inner packet, best of {rounds} round-robin rounds × {N} "
           "(µs per operation; ratios against the bare encrypt of the same run)")
     for suite in Suite:

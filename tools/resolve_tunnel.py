@@ -34,7 +34,7 @@ from tools.cli import (
     run,
     stdin_records_available,
 )
-from tools.dns_cli import add_transport_arguments, server_config
+from tools.dns_cli import add_transport_arguments, server_config, verbose_hook
 
 if TYPE_CHECKING:
     # imported where used, so that --help and the pipeline stage start fast (no rich in a pipe)
@@ -160,12 +160,6 @@ async def resolve_one(client: driver.DnsClient, name: dns.name.Name, source: Rec
                   resolve_ms=ms)
 
 
-def _escape(text: str) -> str:
-    from rich.markup import escape
-
-    return escape(text)
-
-
 async def main_async(args: argparse.Namespace, out: Output) -> int:
     import asyncio
 
@@ -178,8 +172,8 @@ async def main_async(args: argparse.Namespace, out: Output) -> int:
     except errors.BadName as exc:
         raise Fatal(exc.message) from None
     mine = own_ula(account, args.state_dir)
-    client = driver.DnsClient(server_config(args, account.server),
-                              explain=(lambda m: out.explain(_escape(m))) if out.verbose else None)
+    explain = verbose_hook(out)
+    client = driver.DnsClient(server_config(args, account.server), explain=explain)
     seen: set[dns.name.Name] = set()
 
     async def handle(text: str, source: Record | None) -> None:
@@ -193,8 +187,8 @@ async def main_async(args: argparse.Namespace, out: Output) -> int:
             seen.discard(name)
             return
         if name in seen:
-            if out.verbose:
-                out.explain(_escape(f"{names.name_text(name)} already resolved; skipping the duplicate"))
+            if explain is not None:
+                explain(f"{names.name_text(name)} already resolved; skipping the duplicate")
             return
         seen.add(name)
         out.emit(await resolve_one(client, name, source, mine))
