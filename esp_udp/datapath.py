@@ -136,6 +136,7 @@ from esp_udp.offload import (
     GSO_ECN,
     GSO_NONE,
     GSO_TCPV6,
+    NOT_TCP,
     TAKEN,
     VNET_HDR,
     VNET_HDR_LEN,
@@ -1053,10 +1054,13 @@ class Datapath:
             peer.counters.drop(DropReason.BAD_INNER)
             return
         try:
-            if base:
-                self._to_tun_offload(dview[base:base + plen], nh == NH_IPV6)
-            else:
+            if not base:
                 os.write(self._tun_fd, dview[:plen])
+            else:  # with a virtio-net header; IPv6 TCP segments are glued (GRO) first
+                packet = dview[base:base + plen]
+                fed = self._coalescer.feed(packet) if nh == NH_IPV6 else NOT_TCP
+                if fed != TAKEN:
+                    self._to_tun_offload(packet, fed)
         except OSError:
             peer.counters.drop(DropReason.SEND_FAILED)
             return
@@ -1069,17 +1073,13 @@ class Datapath:
             peer.outer = addr
             self._emit(DatapathEvent("nat_rebind", str(peer.inner), spi, old, addr))
 
-    def _to_tun_offload(self, packet: memoryview, ipv6: bool = True) -> None:
-        """Write a decrypted packet with a virtio-net header, gluing IPv6 TCP segments (GRO)."""
+    def _to_tun_offload(self, packet: memoryview, fed: int) -> None:
+        """Write a decrypted packet the coalescer did not take (``fed``: FLUSH or NOT_TCP)."""
         co = self._coalescer
-        if ipv6:
-            fed = co.feed(packet)
-            if fed == TAKEN:
-                return
-            if fed == FLUSH:
-                os.write(self._tun_fd, co.take())
-                co.feed(packet)
-                return
+        if fed == FLUSH:  # a TCP segment that starts a new super-packet
+            os.write(self._tun_fd, co.take())
+            co.feed(packet)
+            return
         if co.count:
             os.write(self._tun_fd, co.take())
         start = self._rx_base - VNET_HDR_LEN

@@ -53,6 +53,7 @@ TCP_URG = 0x20
 TCP_CWR = 0x80
 _U16 = struct.Struct("!H")
 _U32 = struct.Struct("!I")
+_SEQ_CSUM = struct.Struct("!I8sH")  # TCP bytes 4..17: sequence number, 8 bytes, checksum
 MAX_GRO_BYTES = 65535 - 2048
 MAX_GRO_SEGMENTS = 64
 TAKEN, FLUSH, NOT_TCP = 1, 0, -1  # TcpCoalescer.feed results
@@ -119,6 +120,7 @@ class TcpSegmenter:
 
     __slots__ = (
         "_base",
+        "_mids",
         "_sums",
         "_templates",
         "_thl",
@@ -163,6 +165,7 @@ class TcpSegmenter:
             templates.append(bytes(header))
             sums.append(ones_sum(header[IPV6_HDR:]))
         self._templates = tuple(templates)
+        self._mids = tuple(t[IPV6_HDR + 8:IPV6_HDR + 16] for t in templates)
         self._sums = tuple(sums)
 
     def write(self, index: int, out: memoryview) -> int:
@@ -181,9 +184,18 @@ class TcpSegmenter:
         if last:
             _U16.pack_into(out, 4, tcp_len)
         seq = (self.seq + index * mss) & 0xFFFFFFFF
-        _U32.pack_into(out, IPV6_HDR + 4, seq)
-        total = self._base + tcp_len + self._sums[kind] + (seq >> 16) + (seq & 0xFFFF) + ones_sum(chunk)
-        _U16.pack_into(out, IPV6_HDR + 16, 0xFFFF - total % 0xFFFF)
+        if n <= 1500:  # ones_sum(chunk), inlined for the usual segment sizes
+            x = int.from_bytes(chunk, "big")
+            if n & 1:
+                x <<= 8
+            x = (x >> 4800) + (x & _M4800)
+            x = (x >> 2400) + (x & _M2400)
+            x = (x >> 1200) + (x & _M1200)
+        else:
+            x = ones_sum(chunk)
+        total = self._base + tcp_len + self._sums[kind] + (seq >> 16) + (seq & 0xFFFF) + x
+        # sequence number, (ack, offset, flags, window from the template), checksum
+        _SEQ_CSUM.pack_into(out, IPV6_HDR + 4, seq, self._mids[kind], 0xFFFF - total % 0xFFFF)
         return end
 
 

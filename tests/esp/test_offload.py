@@ -77,24 +77,27 @@ def valid_tcp6(packet: bytes) -> bool:
     return bool(IPv6(bytes(parsed))[TCP].chksum == original)
 
 
-@pytest.mark.parametrize("size", [1, 1219, 1220, 1221, 5000, 60000])
-def test_tso_segments_are_valid_tcp(size: int) -> None:
+@pytest.mark.parametrize(("size", "mss"), [
+    (1, 1220), (1219, 1220), (1220, 1220), (1221, 1220), (5000, 1220), (60000, 1220),
+    (60001, 1208), (4001, 1501), (3000, 1500), (30000, 8960)])
+def test_tso_segments_are_valid_tcp(size: int, mss: int) -> None:
     from scapy.layers.inet import TCP
     from scapy.layers.inet6 import IPv6
 
     payload = os.urandom(size)
-    big = tcp_packet(payload, flags="FPA", seq=2**32 - 3000)
-    seg = TcpSegmenter(memoryview(big), 1220)
-    out = memoryview(bytearray(2000))
+    big = tcp_packet(payload, flags="FPAC", seq=2**32 - 3000)
+    seg = TcpSegmenter(memoryview(big), mss)
+    out = memoryview(bytearray(10000))
     pieces = []
     for i in range(seg.count):
         n = seg.write(i, out)
         packet = bytes(out[:n])
         assert valid_tcp6(packet), i
         tcp = IPv6(packet)[TCP]
-        assert tcp.seq == (2**32 - 3000 + i * 1220) % 2**32
+        assert tcp.seq == (2**32 - 3000 + i * mss) % 2**32
         last = i == seg.count - 1
         assert ("F" in str(tcp.flags)) == last and ("P" in str(tcp.flags)) == last
+        assert ("C" in str(tcp.flags)) == (i == 0) and "A" in str(tcp.flags)
         assert IPv6(packet).plen == len(packet) - 40
         pieces.append(bytes(tcp.payload))
     assert b"".join(pieces) == payload
