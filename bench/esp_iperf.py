@@ -70,7 +70,7 @@ def topology(lab: Lab) -> tuple[str, str]:
     return a, b
 
 
-def run_btmm(mtu: int, seconds: int, runs: int, tmp: Path, offload: str = "gro") -> dict[str, Any]:
+def run_btmm(mtu: int, seconds: int, runs: int, tmp: Path, offload: str = "tso") -> dict[str, Any]:
     suite = Suite.AES256GCM16
     with Lab() as lab:
         a, b = topology(lab)
@@ -132,8 +132,8 @@ def main() -> None:
     parser.add_argument("--time", type=int, default=8, help="seconds per iperf3 run")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--mtu", type=int, nargs="+", default=[1280, 1400])
-    parser.add_argument("--offload", nargs="+", default=["gro"], choices=["gro", "tso", "none"],
-                        help="btmm TUN offload modes to measure (default: gro)")
+    parser.add_argument("--offload", nargs="+", default=["tso"], choices=["gro", "tso", "none"],
+                        help="btmm TUN offload modes to measure (default: tso, btmm-tunnel-up's)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="esp-bench-") as tmpdir:
         tmp = Path(tmpdir)

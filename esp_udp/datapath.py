@@ -21,8 +21,11 @@ batched where Linux allows it:
 * receive: ``UDP_GRO`` hands over runs of datagrams in one ``recvmsg``;
 * TUN (``offload``, default on): with virtio-net headers, decrypted segments of one TCP
   flow are written as one super-packet (GRO, esp_udp.offload), so the kernel's TCP
-  receive path runs once per ~64 KiB; ``tso=True`` also takes TCP super-packets from the
-  kernel and segments them here (measured: no gain on the sender, off by default).
+  receive path runs once per ~64 KiB; ``tso`` (default on) also takes IPv6 TCP
+  super-packets from the kernel and cuts them into segments here, one TUN read per ~64 KiB
+  (measured 2026-11-26 with bench/esp_iperf.py: 1.40 vs 1.24 Gbit/s at MTU 1280, 1.47 vs
+  1.40 at 1400). The price: with checksum offload on, IPv4 and non-TSO packets that the
+  kernel leaves ``NEEDS_CSUM`` get their checksum completed in Python.
 
 Everything else — IKE (asyncio in the main thread), the command line — talks to the worker
 through this class's methods, which are safe to call from any thread:
@@ -316,7 +319,7 @@ class Datapath:
         keep_warm: float = 0.0005,
         warm_for: float = 1.0,
         offload: bool = True,
-        tso: bool = False,
+        tso: bool = True,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.local_inner = ipaddress.IPv6Address(str(local_inner).split("/")[0])

@@ -152,9 +152,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"tunnel MTU on the TUN device and peer routes (default {DEFAULT_MTU})")
     parser.add_argument("--port", type=int, default=None,
                         help=f"local UDP port for IKE and ESP (default: the file's, else {DEFAULT_PORT})")
-    parser.add_argument("--offload", choices=["gro", "tso", "none"], default="gro",
-                        help="TUN offloads: gro (default) glues received TCP segments for the "
-                        "kernel; tso also takes TCP super-packets from it and segments them here; "
+    parser.add_argument("--offload", choices=["gro", "tso", "none"], default="tso",
+                        help="TUN offloads: tso (default) takes IPv6 TCP super-packets from the "
+                        "kernel and segments them here, and glues received TCP segments for it; "
+                        "gro: only the gluing (the kernel segments and checksums what is sent); "
                         "none: plain TUN I/O")
     parser.add_argument("--keep-warm", type=float, default=None, metavar="SEC",
                         help="while a tunnel carries traffic (and 1 s after), wake the datapath every "
@@ -442,8 +443,8 @@ def start_datapath(args: argparse.Namespace, inner: str, port: int,
         extra["keep_warm"] = float(args.keep_warm)
     dp = Datapath(inner, port=port, tun_name=args.tun, mtu=args.mtu, on_event=on_event,
                   local_inner4=inner4,
-                  offload=getattr(args, "offload", "gro") != "none",
-                  tso=getattr(args, "offload", "gro") == "tso", **extra)
+                  offload=getattr(args, "offload", "tso") != "none",
+                  tso=getattr(args, "offload", "tso") == "tso", **extra)
     try:
         dp.start()
     except OSError as exc:
