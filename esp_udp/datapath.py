@@ -20,12 +20,14 @@ batched where Linux allows it:
   (UDP GSO);
 * receive: ``UDP_GRO`` hands over runs of datagrams in one ``recvmsg``;
 * TUN (``offload``, default on): with virtio-net headers, decrypted segments of one TCP
-  flow are written as one super-packet (GRO, esp_udp.offload), so the kernel's TCP
-  receive path runs once per ~64 KiB; ``tso`` (default on) also takes IPv6 TCP
-  super-packets from the kernel and cuts them into segments here, one TUN read per ~64 KiB
-  (measured 2026-11-26 with bench/esp_iperf.py: 1.40 vs 1.24 Gbit/s at MTU 1280, 1.47 vs
-  1.40 at 1400). The price: with checksum offload on, IPv4 and non-TSO packets that the
-  kernel leaves ``NEEDS_CSUM`` get their checksum completed in Python.
+  flow (IPv6, or inner IPv4) are written as one super-packet (GRO, esp_udp.offload), so
+  the kernel's TCP receive path runs once per ~64 KiB; ``tso`` (default on) also takes
+  IPv6 and IPv4 TCP super-packets from the kernel and cuts them into segments here, one
+  TUN read per ~64 KiB (IPv6, measured 2026-11-26 with bench/esp_iperf.py: 1.40 vs 1.24
+  Gbit/s at MTU 1280, 1.47 vs 1.40 at 1400). The price: with checksum offload on, non-TSO
+  packets that the kernel leaves ``NEEDS_CSUM`` get their checksum completed in Python.
+  :meth:`Datapath.counters` shows under ``offload`` how many super-packets were read
+  (``tso_reads``) and written (``gro_writes``) per family.
 
 Everything else — IKE (asyncio in the main thread), the command line — talks to the worker
 through this class's methods, which are safe to call from any thread:
@@ -80,13 +82,14 @@ shows ``pending`` (held packets per destination) and ``on_demand_calls``. Withou
 ``on_demand`` nothing is held: such packets are dropped (``no_route`` / ``no_sa``).
 
 Ingress filter: a decrypted packet must be IPv6 from the peer's own ULA, or it is dropped
-(``bad_inner``) — an authenticated peer cannot speak for another.
+(``bad_inner``) — an authenticated peer cannot speak for another. Its IP version must match
+ESP's next header (the TUN device goes by the version, the filter by next header).
 
 Inner IPv4 (optional): with ``local_inner4="10.x.y.z"`` the TUN device also holds that /32,
 and a peer whose :class:`SAParams` has ``inner4`` gets a /32 route; IPv4 packets are routed
 by destination to that peer's SA (next header 4), and decrypted IPv4 must come from the
-peer's ``inner4``. TSO (``tso=True``) covers IPv6 TCP only; IPv4 is sealed packet by packet
-(TCP checksums still offloaded) and never coalesced on receive.
+peer's ``inner4``. IPv4 TCP gets the same offloads as IPv6 (TSO super-packets segmented,
+received segments coalesced).
 
 Latency: on this (virtualised) machine code that ran 20 ms ago runs 10-30× slower the next
 time (measured: a 100-byte seal+open takes 3 µs warm, ~90 µs after a 20 ms sleep; a plain
@@ -138,8 +141,10 @@ from esp_udp.offload import (
     FLUSH,
     GSO_ECN,
     GSO_NONE,
+    GSO_TCPV4,
     GSO_TCPV6,
-    NOT_TCP,
+    IPV4_HDR,
+    IPV6_HDR,
     TAKEN,
     VNET_HDR,
     VNET_HDR_LEN,
@@ -370,6 +375,7 @@ class Datapath:
         self.tso = tso
         self._rx_base = 0  # where decrypted packets start in _dbuf (room for a vnet header)
         self._coalescer = TcpCoalescer()
+        self.tso_reads4 = self.tso_reads6 = 0  # TSO super-packets read from the TUN and segmented
         self._sview = memoryview(bytearray(BUF_SIZE))
         self._b_peer: _Peer | None = None
         self._b_seg = self._b_start = self._b_used = self._b_count = 0
@@ -681,6 +687,9 @@ class Datapath:
             "keepalives_in": self.keepalives_in, "worker_errors": self.worker_errors,
             "last_worker_error": self.last_worker_error,
             "on_demand_calls": self.on_demand_calls,
+            # TUN offloads: TCP super-packets read and segmented (TSO), written coalesced (GRO)
+            "offload": {"tso_reads": {"ipv4": self.tso_reads4, "ipv6": self.tso_reads6},
+                        "gro_writes": {"ipv4": self._coalescer.merged4, "ipv6": self._coalescer.merged6}},
             "pending": {str(ipaddress.ip_address(k)): len(v.packets) for k, v in list(self._pending.items())},
             "unattributed": self.counters_global.to_json(), "peers": peers,
         }
@@ -825,11 +834,15 @@ class Datapath:
                 if flags & F_NEEDS_CSUM:
                     finish_checksum(pview[base:n], csum_start, csum_offset)
                 self._queue(peer, sa, pview[base:], n - base, nh)
-            elif gso_type & ~GSO_ECN == GSO_TCPV6 and nh == NH_IPV6:
+            elif gso_type & ~GSO_ECN == (GSO_TCPV6 if nh == NH_IPV6 else GSO_TCPV4):
                 segmenter = TcpSegmenter(pview[base:n], gso_size)
+                if nh == NH_IPV6:
+                    self.tso_reads6 += 1
+                else:
+                    self.tso_reads4 += 1
                 sview = self._sview
                 for index in range(segmenter.count):
-                    self._queue(peer, sa, sview, segmenter.write(index, sview), NH_IPV6)
+                    self._queue(peer, sa, sview, segmenter.write(index, sview), nh)
             else:
                 peer.counters.drop(DropReason.BAD_INNER)
         except EspError as exc:
@@ -1048,22 +1061,27 @@ class Datapath:
         except EspError as exc:
             peer.counters.drop(exc.reason)
             return
-        # Ingress filter: only the peer's own ULA (or its own inner IPv4) may come out.
+        # Ingress filter: only the peer's own ULA (or its own inner IPv4) may come out, and
+        # the packet's IP version must be the one next header says (the TUN goes by the version).
+        dbuf = self._dbuf
         if nh == NH_IPV6:
-            if plen < 40 or self._dbuf[base + 8:base + 24] != peer.inner_key:
+            if plen < 40 or dbuf[base] >> 4 != 6 or dbuf[base + 8:base + 24] != peer.inner_key:
                 peer.counters.drop(DropReason.BAD_INNER)
                 return
-        elif plen < 20 or self._dbuf[base + 12:base + 16] != peer.inner4_key:
+            ip = IPV6_HDR
+        elif plen < 20 or dbuf[base] >> 4 != 4 or dbuf[base + 12:base + 16] != peer.inner4_key:
             peer.counters.drop(DropReason.BAD_INNER)
             return
+        else:
+            ip = IPV4_HDR
         try:
             if not base:
                 os.write(self._tun_fd, dview[:plen])
-            else:  # with a virtio-net header; IPv6 TCP segments are glued (GRO) first
+            else:  # with a virtio-net header; TCP segments are glued (GRO) first
                 packet = dview[base:base + plen]
-                fed = self._coalescer.feed(packet) if nh == NH_IPV6 else NOT_TCP
+                fed = self._coalescer.feed(packet, ip)
                 if fed != TAKEN:
-                    self._to_tun_offload(packet, fed)
+                    self._to_tun_offload(packet, fed, ip)
         except OSError:
             peer.counters.drop(DropReason.SEND_FAILED)
             return
@@ -1076,13 +1094,14 @@ class Datapath:
             peer.outer = addr
             self._emit(DatapathEvent("nat_rebind", str(peer.inner), spi, old, addr))
 
-    def _to_tun_offload(self, packet: memoryview, fed: int) -> None:
-        """Write a decrypted packet the coalescer did not take (``fed``: FLUSH or NOT_TCP)."""
+    def _to_tun_offload(self, packet: memoryview, fed: int, ip: int) -> None:
+        """Write a decrypted packet the coalescer did not take (``fed``: FLUSH or NOT_TCP;
+        ``ip``: the family, as for TcpCoalescer.feed)."""
         co = self._coalescer
         if fed == FLUSH:  # a TCP segment that starts a new super-packet
             os.write(self._tun_fd, co.take())
-            co.feed(packet)
-            return
+            if co.feed(packet, ip) == TAKEN:
+                return
         if co.count:
             os.write(self._tun_fd, co.take())
         start = self._rx_base - VNET_HDR_LEN

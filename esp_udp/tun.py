@@ -123,9 +123,8 @@ class TunDevice:
         self.tso = False
         if offload and tso:
             try:
-                # IPv6 TCP only: the segmenter (esp_udp.offload) cuts IPv6 super-packets;
-                # inner IPv4 stays one packet per read (checksum offload still applies)
-                fcntl.ioctl(self.fd, TUNSETOFFLOAD, TUN_F_CSUM | TUN_F_TSO6)
+                # IPv4 and IPv6 TCP super-packets, cut into segments by esp_udp.offload
+                fcntl.ioctl(self.fd, TUNSETOFFLOAD, TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6)
                 self.tso = True
             except OSError:
                 pass  # the header stays; the kernel hands over plain packets

@@ -1,7 +1,9 @@
 """Inner IPv4 through the tunnel: a peer with an inner IPv4 /32 next to its ULA — cryptokey
-routing by IPv4 destination, next header 4, the ingress filter on the peer's inner IPv4,
-checksum offload (A lets the kernel leave TCP checksums to it; B's plain TUN verifies them),
-and on-demand announcements for IPv4 destinations."""
+routing by IPv4 destination, next header 4, the ingress filter on the peer's inner IPv4 (and
+on the IP version next header announces), TUN offloads for IPv4 TCP (A takes TSO super-packets
+and cuts them into segments whose IP and TCP checksums B's plain TUN makes B's kernel verify;
+A glues what B sends into TCPV4 super-packets), and on-demand announcements for IPv4
+destinations."""
 
 from __future__ import annotations
 
@@ -51,22 +53,37 @@ def test_inner_ipv4() -> None:
             assert peer_a["inner4"] == B4 and peer_a["packets_out"] == 3 + 3 + 2
             assert a.counters()["local4"] == A4
 
-            # TCP both ways: A hands B TCP segments whose checksums A finished (B's plain TUN
-            # makes B's kernel verify them); B→A goes through A's coalescing write path.
+            # TCP both ways: A cuts the kernel's TSO super-packets into segments (B's plain
+            # TUN makes B's kernel verify their checksums); B→A goes through A's coalescer.
+            assert a.counters()["offload"] == {"tso_reads": {"ipv4": 0, "ipv6": 0},
+                                               "gro_writes": {"ipv4": 0, "ipv6": 0}}
             assert tcp_transfer(lab, ns_b, ns_a, B4, 2) == (2 << 20, expected_digest(2))
+            offload = a.counters()["offload"]
+            assert offload["tso_reads"]["ipv4"] > 0, offload  # super-packets did come and were cut
             assert tcp_transfer(lab, ns_a, ns_b, A4, 2) == (2 << 20, expected_digest(2))
+            offload = a.counters()["offload"]
+            assert offload["gro_writes"]["ipv4"] > 0, offload
+            assert offload["tso_reads"]["ipv6"] == offload["gro_writes"]["ipv6"] == 0
+            assert a.counters()["peers"][0]["drops"] == 0
 
-            # Ingress filter: B authenticates an IPv4 packet from an address not its own.
+            # Ingress filter: B authenticates an IPv4 packet from an address not its own, and
+            # packets whose IP version is not the one next header says: IPv6 from an address
+            # whose bytes 4-7 are B's inner IPv4 (sent as next header 4), IPv4 sent as 41.
             from scapy.layers.inet import ICMP, IP
+            from scapy.layers.inet6 import ICMPv6EchoRequest, IPv6
 
             spoofed = bytes(IP(src="10.77.0.9", dst=A4) / ICMP())
+            as_ipv4 = bytes(IPv6(src="fd00:0:a4d:2::1", dst=A_INNER) / ICMPv6EchoRequest())
+            as_ipv6 = bytearray(bytes(IPv6(src=B_INNER, dst=A_INNER) / ICMPv6EchoRequest()))
+            as_ipv6[0] = 0x45
             forger = OutboundSA(pb.spi_out, pb.suite, pb.key_out)
             forger.seq = 1 << 20
             code = ("import socket,sys\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\n"
-                    "s.sendto(bytes.fromhex(sys.argv[1]),('198.18.8.1',4500))\n")
-            lab.run(ns_b, [sys.executable, "-c", code, forger.seal(spoofed, 4).hex()])
-            wait_for(lambda: a.counters()["peers"][0]["drop_reasons"].get("bad_inner", 0) == 1, 5,
-                     what="bad_inner drop")
+                    "[s.sendto(bytes.fromhex(h),('198.18.8.1',4500)) for h in sys.argv[1:]]\n")
+            lab.run(ns_b, [sys.executable, "-c", code, forger.seal(spoofed, 4).hex(),
+                           forger.seal(as_ipv4, 4).hex(), forger.seal(as_ipv6, 41).hex()])
+            wait_for(lambda: a.counters()["peers"][0]["drop_reasons"].get("bad_inner", 0) == 3, 5,
+                     what="3 bad_inner drops")
 
             # On-demand for an IPv4 destination in a routed prefix.
             a.route_prefix("10.77.0.0/16")
