@@ -8,7 +8,11 @@ Topology: two network namespaces on a veth (outer MTU 1500), ULA /128 at each en
   IKEv2 PSK, ``encap = yes``, ESP aes256gcm16, its ipsec0 TUN at its default MTU (1400).
 
 Prints Mbit/s (median of runs) and idle ping RTT for each, and the ratios btmm/strongSwan.
-Run: .venv/bin/python bench/esp_iperf.py [--time 8] [--runs 3] [--mtu 1280 1400]
+``--inner4``: the btmm tunnels also carry inner IPv4 (10.99.0.1 ↔ 10.99.0.2, next header 4),
+and iperf3 runs between those addresses too, after the IPv6 runs in the same tunnel; printed
+against btmm's IPv6 and strongSwan's (IPv6) rate.
+Run: .venv/bin/python bench/esp_iperf.py [--time 8] [--runs 3] [--mtu 1280 1400] [--offload tso gro]
+[--inner4]
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from tools.peers.strongswan import Charon, Conn
 
 A_OUTER, B_OUTER = "198.18.9.1", "198.18.9.2"
 A_INNER, B_INNER = "fd00:9::1", "fd00:9::2"
+A4, B4 = "10.99.0.1", "10.99.0.2"
 BIN = Path(sys.executable).parent
 
 
@@ -70,19 +75,26 @@ def topology(lab: Lab) -> tuple[str, str]:
     return a, b
 
 
-def run_btmm(mtu: int, seconds: int, runs: int, tmp: Path, offload: str = "tso") -> dict[str, Any]:
+def run_btmm(mtu: int, seconds: int, runs: int, tmp: Path, offload: str = "tso",
+             inner4: bool = False) -> dict[str, Any]:
+    """btmm's iperf3 rates (``mbit``; ``mbit4`` between the inner IPv4 addresses) and RTT."""
     suite = Suite.AES256GCM16
     with Lab() as lab:
         a, b = topology(lab)
         pa = SAParams(ipaddress.IPv6Address(B_INNER), (B_OUTER, 4500), suite, 0x9001, 0x9002,
-                      os.urandom(36), os.urandom(36))
-        pb = pa.mirrored(ipaddress.IPv6Address(A_INNER), (A_OUTER, 4500))
+                      os.urandom(36), os.urandom(36),
+                      inner4=ipaddress.IPv4Address(B4) if inner4 else None)
+        pb = pa.mirrored(ipaddress.IPv6Address(A_INNER), (A_OUTER, 4500),
+                         inner4=ipaddress.IPv4Address(A4) if inner4 else None)
         procs = []
-        for ns, inner, params in ((a, A_INNER, pa), (b, B_INNER, pb)):
+        for ns, inner, local4, params in ((a, A_INNER, A4, pa), (b, B_INNER, B4, pb)):
             path = tmp / f"keys-{ns}.json"
+            local: dict[str, Any] = {"inner": inner, "port": 4500}
+            if inner4:
+                local["inner4"] = local4
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             with os.fdopen(fd, "w") as f:
-                json.dump({"local": {"inner": inner, "port": 4500}, "peers": [params.to_json()]}, f)
+                json.dump({"local": local, "peers": [params.to_json()]}, f)
             procs.append(lab.popen(ns, [str(BIN / "btmm-tunnel-up"), "--static-keys", str(path), "--json",
                                         "--mtu", str(mtu), "--offload", offload,
                                         "--state-dir", str(tmp / f"state-{ns}")],
@@ -92,9 +104,10 @@ def run_btmm(mtu: int, seconds: int, runs: int, tmp: Path, offload: str = "tso")
             proc.stdout.readline()
         rtt = ping_rtt(lab, a, B_INNER)
         rates = iperf(lab, a, b, B_INNER, seconds, runs)
+        rates4 = iperf(lab, a, b, B4, seconds, runs) if inner4 else []
         for proc in procs:
             lab.stop(proc)
-    return {"rtt_ms": rtt, "mbit": rates}
+    return {"rtt_ms": rtt, "mbit": rates, "mbit4": rates4}
 
 
 def run_strongswan(seconds: int, runs: int, tmp: Path, mtu: int | None = None) -> dict[str, Any]:
@@ -134,6 +147,8 @@ def main() -> None:
     parser.add_argument("--mtu", type=int, nargs="+", default=[1280, 1400])
     parser.add_argument("--offload", nargs="+", default=["tso"], choices=["gro", "tso", "none"],
                         help="btmm TUN offload modes to measure (default: tso, btmm-tunnel-up's)")
+    parser.add_argument("--inner4", action="store_true",
+                        help="also measure btmm between the inner IPv4 addresses (same tunnels)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="esp-bench-") as tmpdir:
         tmp = Path(tmpdir)
@@ -146,7 +161,7 @@ def main() -> None:
                   f"(runs {', '.join(f'{r:.0f}' for r in swan['mbit'])}), ping median/mean "
                   f"{swan['rtt_ms'][0]:.3f}/{swan['rtt_ms'][1]:.3f} ms")
         for mtu, offload in ((m, o) for m in args.mtu for o in args.offload):
-            btmm = run_btmm(mtu, args.time, args.runs, tmp, offload)
+            btmm = run_btmm(mtu, args.time, args.runs, tmp, offload, args.inner4)
             rate = statistics.median(btmm["mbit"])
             swan = swans[mtu]
             swan_rate = statistics.median(swan["mbit"])
@@ -156,6 +171,12 @@ def main() -> None:
                   f"    → {rate / swan_rate:.2f}× strongSwan's throughput at this MTU; RTT "
                   f"{btmm['rtt_ms'][0] / swan['rtt_ms'][0]:.2f}× (median) "
                   f"{btmm['rtt_ms'][1] / swan['rtt_ms'][1]:.2f}× (mean) of strongSwan's")
+            if args.inner4:
+                rate4 = statistics.median(btmm["mbit4"])
+                print(f"    inner IPv4 ({A4} → {B4}): iperf3 {rate4:7.0f} Mbit/s "
+                      f"(runs {', '.join(f'{r:.0f}' for r in btmm['mbit4'])})\n"
+                      f"    → {rate4 / rate:.2f}× btmm's IPv6 in this tunnel, "
+                      f"{rate4 / swan_rate:.2f}× strongSwan's (IPv6) throughput at this MTU")
     print("targets: throughput ≥ 0.5× now (goal ≥ 1.0×); RTT ≤ half of strongSwan's")
 
 

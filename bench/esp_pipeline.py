@@ -13,7 +13,9 @@ path alone, so a change to it can be judged without the noise of a whole tunnel:
 
 It also prints the cost of one bare ``AESGCM.encrypt`` of a segment measured in the same
 run, so the per-segment numbers read as "N AEAD calls' worth". Best of ``--rounds``
-round-robin rounds. Run: .venv/bin/python -m bench.esp_pipeline [--mtu 1280]
+round-robin rounds. ``--ipv4``: the same with inner IPv4/TCP (TCPV4 super-packets, next
+header 4, peers routed by their inner IPv4). Run: .venv/bin/python -m bench.esp_pipeline
+[--mtu 1280] [--ipv4]
 """
 
 from __future__ import annotations
@@ -29,11 +31,20 @@ from typing import Any
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from esp_udp.datapath import Datapath, _Peer
-from esp_udp.esp import InboundSA, OutboundSA
-from esp_udp.offload import F_NEEDS_CSUM, GSO_TCPV6, VNET_HDR, tcp6_pseudo_sum
+from esp_udp.esp import NH_IPV4, NH_IPV6, InboundSA, OutboundSA
+from esp_udp.offload import (
+    F_NEEDS_CSUM,
+    GSO_TCPV4,
+    GSO_TCPV6,
+    VNET_HDR,
+    ones_sum,
+    tcp4_pseudo_sum,
+    tcp6_pseudo_sum,
+)
 from esp_udp.sa import Suite
 
 A_INNER, B_INNER = "fd00:9::1", "fd00:9::2"
+A4, B4 = "10.99.0.1", "10.99.0.2"
 OUTER = ("198.18.9.2", 4500)
 
 
@@ -64,23 +75,32 @@ class FakeTun:
         self.fd = os.open(os.devnull, os.O_WRONLY)
 
 
-def super_packet(mss: int, payload_len: int) -> bytes:
-    """A TSO read: virtio-net header + IPv6/TCP (timestamps option) + payload."""
+def super_packet(mss: int, payload_len: int, ipv4: bool = False) -> bytes:
+    """A TSO read: virtio-net header + IPv6/TCP or IPv4/TCP (timestamps option) + payload."""
     tcp_hdr_len = 32
     payload = os.urandom(payload_len)
-    ip = struct.pack("!IHBB16s16s", 6 << 28, tcp_hdr_len + payload_len, 6, 64,
-                     ipaddress.IPv6Address(A_INNER).packed, ipaddress.IPv6Address(B_INNER).packed)
+    if ipv4:
+        ip = bytearray(struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + tcp_hdr_len + payload_len, 4242, 0x4000,
+                                   64, 6, 0, ipaddress.IPv4Address(A4).packed,
+                                   ipaddress.IPv4Address(B4).packed))
+        struct.pack_into("!H", ip, 10, 0xFFFF - ones_sum(ip))
+        gso_type, pseudo_sum = GSO_TCPV4, tcp4_pseudo_sum
+    else:
+        ip = bytearray(struct.pack("!IHBB16s16s", 6 << 28, tcp_hdr_len + payload_len, 6, 64,
+                                   ipaddress.IPv6Address(A_INNER).packed,
+                                   ipaddress.IPv6Address(B_INNER).packed))
+        gso_type, pseudo_sum = GSO_TCPV6, tcp6_pseudo_sum
     tcp = struct.pack("!HHIIBBHHH", 40000, 5201, 1000, 2000, (tcp_hdr_len // 4) << 4, 0x18, 512, 0, 0)
     tcp += b"\x01\x01\x08\x0a" + os.urandom(8)
     packet = bytearray(ip + tcp + payload)
-    pseudo = (tcp6_pseudo_sum(packet) + tcp_hdr_len + payload_len) % 0xFFFF
-    struct.pack_into("!H", packet, 40 + 16, pseudo)
-    vnet = VNET_HDR.pack(F_NEEDS_CSUM, GSO_TCPV6, 40 + tcp_hdr_len, mss, 40, 16)
+    pseudo = (pseudo_sum(packet) + tcp_hdr_len + payload_len) % 0xFFFF
+    struct.pack_into("!H", packet, len(ip) + 16, pseudo)
+    vnet = VNET_HDR.pack(F_NEEDS_CSUM, gso_type, len(ip) + tcp_hdr_len, mss, len(ip), 16)
     return vnet + bytes(packet)
 
 
-def make_datapath(local: str, remote: str, out_sa: OutboundSA | None,
-                  in_sa: InboundSA | None) -> tuple[Datapath, _Peer, Recorder]:
+def make_datapath(local: str, remote: str, out_sa: OutboundSA | None, in_sa: InboundSA | None,
+                  remote4: str | None = None) -> tuple[Datapath, _Peer, Recorder]:
     dp = Datapath(local, tso=True)
     tun = FakeTun()
     dp.tun = tun  # type: ignore[assignment]
@@ -88,9 +108,12 @@ def make_datapath(local: str, remote: str, out_sa: OutboundSA | None,
     dp._rx_base = 16
     recorder = Recorder()
     dp.sock = recorder  # type: ignore[assignment]
-    peer = _Peer(ipaddress.IPv6Address(remote), OUTER, None)
+    peer = _Peer(ipaddress.IPv6Address(remote), OUTER, None,
+                 None if remote4 is None else ipaddress.IPv4Address(remote4))
     peer.outbound = out_sa
     dp._peers[peer.inner_key] = peer
+    if remote4 is not None:
+        dp._peers4[peer.inner4_key] = peer
     if in_sa is not None:
         dp._inbound[in_sa.spi] = (in_sa, peer)
     return dp, peer, recorder
@@ -113,23 +136,25 @@ def main() -> None:
     parser.add_argument("--mtu", type=int, default=1280, help="tunnel MTU (MSS = MTU - 72)")
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("-n", type=int, default=40, help="super-packets per round")
+    parser.add_argument("--ipv4", action="store_true", help="inner IPv4/TCP instead of IPv6/TCP")
     args = parser.parse_args()
-    mss = args.mtu - 40 - 32
+    ip_len, nh = (20, NH_IPV4) if args.ipv4 else (40, NH_IPV6)
+    mss = args.mtu - ip_len - 32
     segments = 65000 // mss
-    read = super_packet(mss, segments * mss)
+    read = super_packet(mss, segments * mss, args.ipv4)
     suite = Suite.AES256GCM16
     keymat = os.urandom(suite.keymat_len)
 
     # Sender: fresh SA per run of the bench, the recorder keeps the first batch only.
     out_sa = OutboundSA(0x9001, suite, keymat)
-    sender, peer, recorder = make_datapath(A_INNER, B_INNER, out_sa, None)
+    sender, peer, recorder = make_datapath(A_INNER, B_INNER, out_sa, None, B4)
     pbuf = bytearray(len(read) + 64)
     pbuf[:len(read)] = read
     pview = memoryview(pbuf)
 
     def send() -> None:
         sender._b_count = 0
-        sender._send_read(peer, out_sa, pbuf, pview, len(read), 41)
+        sender._send_read(peer, out_sa, pbuf, pview, len(read), nh)
         sender._flush_batch()
 
     send()
@@ -141,7 +166,7 @@ def main() -> None:
     # Receiver: a window big enough that replaying the same datagrams is a "new" run —
     # reset the window before each pass (what a fresh stream of sequence numbers costs).
     in_sa = InboundSA(0x9001, suite, keymat)
-    receiver, rpeer, _ = make_datapath(B_INNER, A_INNER, None, in_sa)
+    receiver, rpeer, _ = make_datapath(B_INNER, A_INNER, None, in_sa, A4)
     views = [(memoryview(bytearray(d)), len(d)) for d in datagrams]
     datagram = receiver._datagram
 
@@ -155,6 +180,9 @@ def main() -> None:
     if rpeer.counters.packets_in != segments:
         raise SystemExit(f"receiver opened {rpeer.counters.packets_in} of {segments} segments "
                          f"(drops: {rpeer.counters.drops})")
+    coalescer = receiver._coalescer
+    if not (coalescer.merged4 if args.ipv4 else coalescer.merged6):
+        raise SystemExit("the receiver wrote no coalesced super-packet")
 
     aead = AESGCM(keymat[:-4])
     nonce, aad, seg_payload = os.urandom(12), os.urandom(8), os.urandom(mss + 72)
@@ -165,7 +193,8 @@ def main() -> None:
 
     best = race({"bare": bare, "send": send, "receive": receive}, args.rounds, args.n)
     per = {k: v / segments for k, v in best.items()}
-    print(f"datapath Python per TCP segment (MTU {args.mtu}, MSS {mss}, {segments} segments per "
+    print(f"datapath Python per {'IPv4' if args.ipv4 else 'IPv6'} TCP segment (MTU {args.mtu}, MSS {mss}, "
+          f"{segments} segments per "
           f"64 KiB super-packet; best of {args.rounds} round-robin rounds, no syscalls)")
     print(f"  bare AESGCM.encrypt of a segment: {per['bare']:.2f} µs")
     print(f"  send    (segment + checksum + seal + batch): {per['send']:.2f} µs "
