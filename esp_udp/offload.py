@@ -73,6 +73,7 @@ _U16 = struct.Struct("!H")
 _U32 = struct.Struct("!I")
 _SEQ_CSUM = struct.Struct("!I8sH")  # TCP bytes 4..17: sequence number, 8 bytes, checksum
 _IP4_FIELDS = struct.Struct("!HH4sH")  # IPv4 bytes 2..11: total length, ID, 4 bytes, checksum
+_IP4_VARS = struct.Struct("!xB2xH4sH")  # IPv4 TOS, ID, (flags+offset, TTL, protocol), checksum
 MAX_GRO_BYTES = 65535 - 2048
 MAX_GRO_SEGMENTS = 64
 TAKEN, FLUSH, NOT_TCP = 1, 0, -1  # TcpCoalescer.feed results
@@ -266,7 +267,7 @@ class TcpCoalescer:
     ``merged4`` and ``merged6`` count the super-packets (two segments or more) taken.
     """
 
-    __slots__ = ("_id_step", "_ip", "_ip_sum", "_keys", "_last_id", "_short", "buf", "count", "end",
+    __slots__ = ("_id_step", "_ip", "_ip_sum", "_keys", "_last_id", "_short", "_tos", "buf", "count", "end",
                  "hdr_len", "key", "merged4", "merged6", "mss", "next_seq", "view")
 
     def __init__(self, size: int = 65536 + 4096) -> None:
@@ -282,7 +283,7 @@ class TcpCoalescer:
         self._keys: tuple[bytes, bytes, bytes, bytes, bytes] = (b"", b"", b"", b"", b"")
         self._short = False
         self._ip = IPV6_HDR
-        self._ip_sum = self._last_id = self._id_step = 0
+        self._ip_sum = self._last_id = self._id_step = self._tos = 0
 
     def feed(self, packet: memoryview, ip: int = IPV6_HDR) -> int:
         """Take ``packet`` into the pending super-packet if it joins (see the class docstring).
@@ -329,12 +330,12 @@ class TcpCoalescer:
             if header[6:IPV6_HDR + 4] != k_flow or header[:4] != k_ip:
                 return FLUSH
         else:  # addresses, ports; flags, TTL, protocol; TOS; the ID counts up or stays (DF)
-            ident = header[4] << 8 | header[5]
+            tos, ident, mid, csum = _IP4_VARS.unpack_from(header)
             step = (ident - self._last_id) & 0xFFFF
-            if (header[12:IPV4_HDR + 4] != k_flow or header[6:10] != k_ip or header[1] != self.key[1]
-                    or (step != self._id_step and (count > 1 or step or not header[6] & IP4_DF))):
+            if (header[12:IPV4_HDR + 4] != k_flow or mid != k_ip or tos != self._tos
+                    or (step != self._id_step and (count > 1 or step or not mid[0] & IP4_DF))):
                 return FLUSH
-            if (self._ip_sum + n + ident + (header[10] << 8 | header[11])) % 0xFFFF:
+            if (self._ip_sum + n + ident + csum) % 0xFFFF:
                 return NOT_TCP  # a bad header checksum: the kernel drops it, alone
             self._last_id = ident
             self._id_step = step
@@ -356,6 +357,7 @@ class TcpCoalescer:
             self._ip_sum = (3 * 0xFFFF - len(packet) - ident - (header[10] << 8 | header[11])) % 0xFFFF
             self._last_id = ident
             self._id_step = 1
+            self._tos = header[1]
             self._keys = (header[12:IPV4_HDR + 4], header[6:10], header[ip + 8:ip + 13],
                           header[ip + 14:ip + 16], header[ip + 18:])
         elif header[0] >> 4 != 6:
