@@ -1062,26 +1062,30 @@ class Datapath:
             peer.counters.drop(exc.reason)
             return
         # Ingress filter: only the peer's own ULA (or its own inner IPv4) may come out, and
-        # the packet's IP version must be the one next header says (the TUN goes by the version).
-        dbuf = self._dbuf
+        # the IP version must be the one next header says (the TUN goes by the version): the
+        # coalescer takes only packets of the family it is told, the rest is checked here.
         if nh == NH_IPV6:
-            if plen < 40 or dbuf[base] >> 4 != 6 or dbuf[base + 8:base + 24] != peer.inner_key:
+            if plen < 40 or self._dbuf[base + 8:base + 24] != peer.inner_key:
                 peer.counters.drop(DropReason.BAD_INNER)
                 return
             ip = IPV6_HDR
-        elif plen < 20 or dbuf[base] >> 4 != 4 or dbuf[base + 12:base + 16] != peer.inner4_key:
+        elif plen < 20 or self._dbuf[base + 12:base + 16] != peer.inner4_key:
             peer.counters.drop(DropReason.BAD_INNER)
             return
         else:
             ip = IPV4_HDR
         try:
             if not base:
+                if self._dbuf[0] >> 4 != (6 if ip == IPV6_HDR else 4):
+                    peer.counters.drop(DropReason.BAD_INNER)
+                    return
                 os.write(self._tun_fd, dview[:plen])
             else:  # with a virtio-net header; TCP segments are glued (GRO) first
                 packet = dview[base:base + plen]
                 fed = self._coalescer.feed(packet, ip)
-                if fed != TAKEN:
-                    self._to_tun_offload(packet, fed, ip)
+                if fed != TAKEN and not self._to_tun_offload(packet, fed, ip):
+                    peer.counters.drop(DropReason.BAD_INNER)
+                    return
         except OSError:
             peer.counters.drop(DropReason.SEND_FAILED)
             return
@@ -1094,19 +1098,23 @@ class Datapath:
             peer.outer = addr
             self._emit(DatapathEvent("nat_rebind", str(peer.inner), spi, old, addr))
 
-    def _to_tun_offload(self, packet: memoryview, fed: int, ip: int) -> None:
+    def _to_tun_offload(self, packet: memoryview, fed: int, ip: int) -> bool:
         """Write a decrypted packet the coalescer did not take (``fed``: FLUSH or NOT_TCP;
-        ``ip``: the family, as for TcpCoalescer.feed)."""
+        ``ip``: the family, as for TcpCoalescer.feed); False if its IP version is not that
+        family's (nothing written)."""
         co = self._coalescer
         if fed == FLUSH:  # a TCP segment that starts a new super-packet
             os.write(self._tun_fd, co.take())
             if co.feed(packet, ip) == TAKEN:
-                return
+                return True
+        if packet[0] >> 4 != (6 if ip == IPV6_HDR else 4):
+            return False
         if co.count:
             os.write(self._tun_fd, co.take())
         start = self._rx_base - VNET_HDR_LEN
         VNET_HDR.pack_into(self._dview, start, F_DATA_VALID, GSO_NONE, 0, 0, 0, 0)
         os.write(self._tun_fd, self._dview[start:self._rx_base + len(packet)])
+        return True
 
     def _flush_tun(self) -> None:
         """Write the pending coalesced packet, if any (end of a receive batch)."""

@@ -14,7 +14,7 @@ import sys
 import pytest
 
 from esp_udp.esp import OutboundSA
-from esp_udp.sa import Suite
+from esp_udp.sa import SAParams, Suite
 from tests.esp.nslib import Demands, datapath_in, expected_digest, ping, sa_pair, tcp_transfer
 from tools.netns import Lab, wait_for
 
@@ -69,21 +69,31 @@ def test_inner_ipv4() -> None:
             # Ingress filter: B authenticates an IPv4 packet from an address not its own, and
             # packets whose IP version is not the one next header says: IPv6 from an address
             # whose bytes 4-7 are B's inner IPv4 (sent as next header 4), IPv4 sent as 41.
+            # The same two from A to B (B's plain TUN: the check without the coalescer).
             from scapy.layers.inet import ICMP, IP
             from scapy.layers.inet6 import ICMPv6EchoRequest, IPv6
 
-            spoofed = bytes(IP(src="10.77.0.9", dst=A4) / ICMP())
-            as_ipv4 = bytes(IPv6(src="fd00:0:a4d:2::1", dst=A_INNER) / ICMPv6EchoRequest())
-            as_ipv6 = bytearray(bytes(IPv6(src=B_INNER, dst=A_INNER) / ICMPv6EchoRequest()))
-            as_ipv6[0] = 0x45
-            forger = OutboundSA(pb.spi_out, pb.suite, pb.key_out)
-            forger.seq = 1 << 20
             code = ("import socket,sys\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\n"
-                    "[s.sendto(bytes.fromhex(h),('198.18.8.1',4500)) for h in sys.argv[1:]]\n")
-            lab.run(ns_b, [sys.executable, "-c", code, forger.seal(spoofed, 4).hex(),
-                           forger.seal(as_ipv4, 4).hex(), forger.seal(as_ipv6, 41).hex()])
+                    "[s.sendto(bytes.fromhex(h),(sys.argv[1],4500)) for h in sys.argv[2:]]\n")
+
+            def forge(src_ns: str, params: SAParams, dst_outer: str, src4: str, src6: str, dst6: str,
+                      extra: list[bytes]) -> None:
+                as_ipv4 = bytes(IPv6(src=src4, dst=dst6) / ICMPv6EchoRequest())
+                as_ipv6 = bytearray(bytes(IPv6(src=src6, dst=dst6) / ICMPv6EchoRequest()))
+                as_ipv6[0] = 0x45
+                forger = OutboundSA(params.spi_out, params.suite, params.key_out)
+                forger.seq = 1 << 20
+                packets = [forger.seal(p, 4).hex() for p in [*extra, as_ipv4]]
+                lab.run(src_ns, [sys.executable, "-c", code, dst_outer, *packets,
+                                 forger.seal(as_ipv6, 41).hex()])
+
+            forge(ns_b, pb, A_OUTER[0], "fd00:0:a4d:2::1", B_INNER, A_INNER,
+                  [bytes(IP(src="10.77.0.9", dst=A4) / ICMP())])
+            forge(ns_a, pa, B_OUTER[0], "fd00:0:a4d:1::1", A_INNER, B_INNER, [])
             wait_for(lambda: a.counters()["peers"][0]["drop_reasons"].get("bad_inner", 0) == 3, 5,
-                     what="3 bad_inner drops")
+                     what="3 bad_inner drops at A")
+            wait_for(lambda: b.counters()["peers"][0]["drop_reasons"].get("bad_inner", 0) == 2, 5,
+                     what="2 bad_inner drops at B")
 
             # On-demand for an IPv4 destination in a routed prefix.
             a.route_prefix("10.77.0.0/16")
