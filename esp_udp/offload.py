@@ -13,9 +13,10 @@ ordinary packets. This is what wireguard-go does on Linux.
 
 IPv4 segments (``gso_type`` TCPV4) follow Linux's ``inet_gso_segment``: each gets its own
 total length and header checksum, and the IP ID of segment *i* is the super-packet's ID + *i*
-(mod 2^16). Linux keeps IDs fixed only for ``SKB_GSO_TCP_FIXEDID`` packets, and those never
-reach us: the flag needs ``NETIF_F_TSO_MANGLEID``, which a TUN device does not offer, so the
-kernel segments such packets itself before the TUN. IPv4 options are copied into every
+(mod 2^16). Linux keeps IDs fixed only for ``SKB_GSO_TCP_FIXEDID`` packets, and a device
+gets those only with ``NETIF_F_TSO_MANGLEID`` (ethtool's tx-tcp-mangleid-segmentation, off by
+default; when on, it permits exactly this changing of IDs); otherwise the kernel segments
+them itself before the TUN. IPv4 options are copied into every
 segment unchanged (the kernel's TCP puts none there unless a socket sets ``IP_OPTIONS``;
 they cost nothing extra here: the header, options included, comes from the templates).
 Fragments are refused.
