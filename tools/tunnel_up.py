@@ -153,8 +153,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--port", type=int, default=None,
                         help=f"local UDP port for IKE and ESP (default: the file's, else {DEFAULT_PORT})")
     parser.add_argument("--offload", choices=["gro", "tso", "none"], default="tso",
-                        help="TUN offloads: tso (default) takes IPv6 TCP super-packets from the "
-                        "kernel and segments them here, and glues received TCP segments for it; "
+                        help="TUN offloads: tso (default) takes TCP super-packets (IPv6 and IPv4) "
+                        "from the kernel and segments them here, and glues received TCP segments "
+                        "for it; "
                         "gro: only the gluing (the kernel segments and checksums what is sent); "
                         "none: plain TUN I/O")
     parser.add_argument("--keep-warm", type=float, default=None, metavar="SEC",
