@@ -19,6 +19,8 @@ Bounded: the flood is sent once, at a capped rate; every wait has a timeout.
 from __future__ import annotations
 
 import argparse
+import atexit
+import shutil
 import statistics
 import sys
 import tempfile
@@ -192,6 +194,7 @@ def main() -> int:
     p.add_argument("--flood-only", action="store_true", help="skip the setup-time comparison")
     args = p.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="btmm-bench-ike-"))
+    atexit.register(shutil.rmtree, tmp, True)  # logs, account, keys: gone at exit
     if not args.flood_only:
         setup_times(tmp, args.rounds)
     print(

@@ -22,7 +22,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import atexit
 import re
+import shutil
 import socket
 import statistics
 import struct
@@ -149,6 +151,7 @@ def main() -> None:
     args = parser.parse_args()
     DNSPERF_ARGS[:] = args.dnsperf_args.split()
     work = Path(tempfile.mkdtemp(prefix="btmm-serve-bench-"))
+    atexit.register(shutil.rmtree, work, True)  # logs, account, keys: gone at exit
     account = make_account(work)
     key = account_key(account)
     zone = PeerZone(ZONE.rstrip("."), key.name.to_text().rstrip("."), key.secret)

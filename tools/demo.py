@@ -57,7 +57,8 @@ def run_demo(console: Console, keep: Path | None) -> dict[str, Any]:
     summary: dict[str, Any] = {}
     t_start = time.monotonic()
     with Lab() as lab:
-        workdir = keep or Path(tempfile.mkdtemp(prefix="btmm-demo-"))
+        # Without --keep, logs and the demo account (secrets) go when the lab closes.
+        workdir = keep or lab.remove_on_close(Path(tempfile.mkdtemp(prefix="btmm-demo-")))
         console.rule("[bold]0. the world: internet, home behind a NAT (miniupnpd), café behind a NAT")
         world = World.create(lab, workdir)
         acct = world.create_account()

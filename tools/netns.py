@@ -51,7 +51,13 @@ class Lab:
         self.prefix = prefix or f"btmm{os.getpid() % 100000}{secrets.token_hex(2)}"
         self.namespaces: list[str] = []
         self.processes: list[subprocess.Popen[bytes]] = []
+        self.cleanup_paths: list[Path] = []
         self.closed = False
+
+    def remove_on_close(self, path: Path) -> Path:
+        """Delete directory ``path`` (recursively) when the lab closes, after its processes stop."""
+        self.cleanup_paths.append(path)
+        return path
 
     # ------------------------------------------------------------------ namespaces
     def ns(self, short: str) -> str:
@@ -157,6 +163,8 @@ class Lab:
                 with contextlib.suppress(ProcessLookupError, ValueError):
                     os.kill(int(pid), signal.SIGKILL)
             subprocess.run(["ip", "netns", "del", name], capture_output=True, check=False)
+        for path in reversed(self.cleanup_paths):
+            shutil.rmtree(path, ignore_errors=True)
 
     def __enter__(self) -> Lab:
         return self

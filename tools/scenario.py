@@ -153,7 +153,8 @@ class World:
 
     @classmethod
     def create(cls, lab: Lab, workdir: Path | None = None) -> World:
-        wd = workdir or Path(tempfile.mkdtemp(prefix="btmm-world-"))
+        # A world's own temp dir (logs, account, keys) goes when the lab closes; a given one stays.
+        wd = workdir or lab.remove_on_close(Path(tempfile.mkdtemp(prefix="btmm-world-")))
         world = cls(lab=lab, workdir=wd)
         for sub in ("internet", "home-router", "cafe-router"):
             (wd / sub).mkdir(parents=True, exist_ok=True)
@@ -353,12 +354,15 @@ class World:
     def wait_control(self, who: str, stage: Stage, timeout: float = 20.0) -> None:
         import socket
 
+        from tools.tunnel_up import unix_address
+
         path = self.control_path(who)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             try:
-                probe.connect(str(path))
+                with unix_address(path) as address:
+                    probe.connect(address)
                 return
             except OSError:
                 if stage.procs[-1].poll() is not None:

@@ -477,16 +477,15 @@ class ControlServer:
 
     def __init__(self, path: Path, on_client: Callable[[ControlConn], None]) -> None:
         from tools.cli import Fatal
+        from tools.tunnel_up import unix_address
 
         self.path = path
         self.on_client = on_client
-        if len(os.fsencode(path)) > 107:
-            raise Fatal(f"control socket path {path} is too long for a Unix socket (108 bytes); "
-                        "give a shorter one with --control PATH")
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            probe.connect(str(path))
+            with unix_address(path) as address:
+                probe.connect(address)
         except (FileNotFoundError, ConnectionRefusedError):
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()  # a socket left behind by a process that was killed
@@ -500,7 +499,8 @@ class ControlServer:
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         old = os.umask(0o177)
         try:
-            self.sock.bind(str(path))
+            with unix_address(path) as address:
+                self.sock.bind(address)
         except OSError as exc:
             self.sock.close()
             raise Fatal(f"cannot create control socket {path}: {exc.strerror or exc} "

@@ -32,6 +32,7 @@ error record), passes other records back, and closes when everything asked for i
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import json
 import os
@@ -41,7 +42,7 @@ import signal
 import socket
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -200,11 +201,32 @@ def control_path(args: argparse.Namespace, explicit: str | None = None) -> Path 
     return state_dir(getattr(args, "state_dir", None)) / CONTROL_NAME
 
 
+UNIX_PATH_MAX = 107  # sun_path holds 108 bytes with the terminating NUL
+
+
+@contextlib.contextmanager
+def unix_address(path: Path) -> Iterator[str]:
+    """An address for bind/connect of Unix socket ``path``, however long the path is.
+
+    ``sun_path`` holds 107 bytes; a longer path (a deep ``$XDG_STATE_HOME``) is reached
+    through the directory opened as a file descriptor: ``/proc/self/fd/N/NAME``.
+    """
+    if len(os.fsencode(path)) <= UNIX_PATH_MAX:
+        yield str(path)
+        return
+    fd = os.open(path.parent, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)  # FileNotFoundError: no dir
+    try:
+        yield f"/proc/self/fd/{fd}/{path.name}"
+    finally:
+        os.close(fd)
+
+
 def connect_control(path: Path) -> socket.socket | None:
     """A connection to the daemon listening on ``path``; None when nothing listens there."""
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
-        sock.connect(str(path))
+        with unix_address(path) as address:
+            sock.connect(address)
     except (FileNotFoundError, ConnectionRefusedError, NotADirectoryError):
         sock.close()
         return None

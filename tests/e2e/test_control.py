@@ -225,3 +225,27 @@ def test_light_defaults_match_the_datapath_and_account_file() -> None:
     assert (tunnel_up.DEFAULT_PORT, tunnel_up.DEFAULT_TUN, tunnel_up.DEFAULT_MTU) == (
         datapath.DEFAULT_PORT, datapath.DEFAULT_TUN, datapath.DEFAULT_MTU)
     assert tunnel_up.control_path.__globals__["state_dir"] is account_file.state_dir
+
+
+def test_control_socket_under_a_long_state_dir(tmp_path: Path) -> None:
+    """sun_path holds 107 bytes: a deeper state dir still gets its control socket (via /proc/self/fd)."""
+    from tools.tunnel_ike import ControlConn, ControlServer
+    from tools.tunnel_up import connect_control
+
+    path = tmp_path / ("d" * 60) / ("e" * 60) / "tunnel-up.sock"
+    assert len(os.fsencode(path)) > 107
+    clients: list[ControlConn] = []
+    server = ControlServer(path, clients.append)
+    server.serve()
+    try:
+        assert stat.S_ISSOCK(path.stat().st_mode) and stat.S_IMODE(path.stat().st_mode) == 0o600
+        sock = connect_control(path)
+        assert sock is not None
+        sock.close()
+        deadline = time.monotonic() + 5
+        while not clients and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert len(clients) == 1
+    finally:
+        server.close()
+    assert connect_control(path) is None  # nothing listens any more
