@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import os
 import signal
@@ -241,8 +242,14 @@ async def _serve(args: argparse.Namespace, out: Output) -> int:
         real = next(int(li["address"].rpartition(":")[2]) for li in server.listeners if li["proto"] == "tls")
         for zone in core.zones.values():
             zone.install_server_records(ns_addresses, real)
+    # Everything loaded so far (modules, zones, keys) lives as long as the server: move it out
+    # of the collector's sight, so a full collection scans only what requests created since
+    # (without this a gen-2 collection around the 530th registration stalled one request
+    # for 17-24 ms here).
+    gc.collect()
+    gc.freeze()
     ready = make_record("server", state="ready", zones=[z.to_text() for z in zones],
-                        listeners=server.listeners)
+                        listeners=server.listeners, gc_frozen=gc.get_freeze_count())
     if cert_file is not None:
         ready["cert_file"] = str(cert_file)
         ready["fingerprint"] = fingerprint(cert_file)

@@ -77,3 +77,12 @@ def test_cert_and_key_files(tmp_path: Path, account: Path) -> None:
         done = subprocess.run(["kdig", "+tls", "-p", str(server.tls_port), "@127.0.0.1", BOB, "SOA",
                                "+short"], capture_output=True, text=True, timeout=20)
         assert "hostmaster.bob.members.example." in done.stdout, done.stdout + done.stderr
+
+
+def test_startup_objects_are_frozen_out_of_the_collector(tmp_path: Path, account: Path) -> None:
+    """Modules and zones loaded at start are moved out of gen-2 collections (tail latency)."""
+    with ServeProc(tmp_path, account) as server:
+        assert server.ready["gc_frozen"] > 10_000  # the imported modules alone are far more
+        up = dns.update.UpdateMessage(BOB, keyring=account_key(account))
+        up.add(f"gc.{BOB}", 60, "A", "192.0.2.1")
+        assert rcode(dns.query.tcp(up, "127.0.0.1", port=server.port, timeout=5)) == "NOERROR"
