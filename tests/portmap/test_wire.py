@@ -32,7 +32,9 @@ from portmap.wire import (
     v4_mapped,
 )
 
-VECTORS_PATH = Path("/work/shared/reference/natpmp-pcp-vectors.json")
+# NAT-PMP/PCP exchanges recorded from miniupnpd 2.3.1 (a copy of the project's reference
+# file natpmp-pcp-vectors.json, kept with the tests so a clean clone has it)
+VECTORS_PATH = Path(__file__).with_name("natpmp-pcp-vectors.json")
 VECTORS: list[dict[str, Any]] = json.loads(VECTORS_PATH.read_text())
 BY_NAME = {v["name"]: v for v in VECTORS}
 WITH_RESPONSE = [v for v in VECTORS if v["response_hex"]]
