@@ -24,12 +24,11 @@ import argparse
 import ipaddress
 import os
 import struct
-import time
-from collections.abc import Callable
 from typing import Any
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from bench.esp_crypto import race
 from esp_udp.datapath import Datapath, _Peer
 from esp_udp.esp import NH_IPV4, NH_IPV6, InboundSA, OutboundSA
 from esp_udp.offload import (
@@ -117,17 +116,6 @@ def make_datapath(local: str, remote: str, out_sa: OutboundSA | None, in_sa: Inb
     if in_sa is not None:
         dp._inbound[in_sa.spi] = (in_sa, peer)
     return dp, peer, recorder
-
-
-def race(fns: dict[str, Callable[[], object]], rounds: int, n: int) -> dict[str, float]:
-    best = dict.fromkeys(fns, float("inf"))
-    for _ in range(rounds):
-        for name, fn in fns.items():
-            t0 = time.perf_counter()
-            for _ in range(n):
-                fn()
-            best[name] = min(best[name], (time.perf_counter() - t0) / n * 1e6)
-    return best
 
 
 def main() -> None:

@@ -6,6 +6,8 @@ import json
 import os
 import select
 import signal
+import socket
+import struct
 import subprocess
 import time
 from pathlib import Path
@@ -135,3 +137,15 @@ def names(response: dns.message.Message) -> list[str]:
 
 def rcode(response: dns.message.Message) -> str:
     return dns.rcode.to_text(response.rcode())
+
+
+def tcp_update_ok(sock: socket.socket, update: dns.message.Message) -> bool | None:
+    """Send ``update`` on an open DNS-over-TCP connection: True if answered NOERROR, False
+    for another rcode, None when the server closed the connection."""
+    wire = update.to_wire()
+    sock.sendall(struct.pack("!H", len(wire)) + wire)
+    header = sock.recv(2, socket.MSG_WAITALL)
+    if len(header) < 2:
+        return None
+    reply = sock.recv(struct.unpack("!H", header)[0], socket.MSG_WAITALL)
+    return dns.message.from_wire(reply, keyring=False).rcode() == dns.rcode.NOERROR

@@ -15,7 +15,6 @@ import shutil
 import signal
 import socket
 import sqlite3
-import struct
 import subprocess
 import sys
 import threading
@@ -32,7 +31,7 @@ import dns.update
 import pytest
 
 from dnssd_wa.server.store import WAL_HARD_LIMIT, WAL_RESERVE, Change, Checkpointer, Store
-from tests.server.serve_proc import ServeProc, account_key, rcode
+from tests.server.serve_proc import ServeProc, account_key, rcode, tcp_update_ok
 
 ZONE = "bob.members.example."
 WALINDEX_LOCK_OFFSET = 120  # wal.c: two WalIndexHdr (48 bytes each) + WalCkptInfo (24 bytes)
@@ -72,6 +71,15 @@ def commit(store: Store, i: int) -> None:
     rows: list[tuple[str, dns.name.Name, int, bytes, int, float | None]] = [
         (ZONE, owner, 16, bytes([len(text)]) + text, 120, None) for text in texts]
     store.apply(Change(rows, [], [], {ZONE: i + 2}))
+
+
+def manual_store(db: Path, commits: int = 20) -> Store:
+    """A store without a checkpointer thread, its zone created and ``commits`` made."""
+    store = Store(db, checkpoint="manual")
+    store.ensure_zone(ZONE, 0.0)
+    for i in range(commits):
+        commit(store, i)
+    return store
 
 
 def rows_in_database_file(db: Path, tmp: Path) -> int:
@@ -134,12 +142,9 @@ def test_inline_checkpoint_only_at_the_hard_limit(tmp_path: Path) -> None:
 
 def test_commit_goes_through_while_a_checkpoint_holds_its_locks(tmp_path: Path) -> None:
     db = tmp_path / "c.db"
-    store = Store(db, checkpoint="manual")
+    store = manual_store(db)
     store.db.execute("PRAGMA busy_timeout = 200")  # a blocked commit fails fast instead of after 5 s
     try:
-        store.ensure_zone(ZONE, 0.0)
-        for i in range(20):
-            commit(store, i)
         with locks_held_elsewhere(db, WAL_CKPT_LOCK, WAL_READ_LOCK0):
             other = Checkpointer(db)
             assert other.checkpoint()[0] == 1  # SQLite sees a checkpoint in progress …
@@ -156,12 +161,9 @@ def test_commit_goes_through_while_a_checkpoint_holds_its_locks(tmp_path: Path) 
 def test_checkpointer_runs_while_another_writer_holds_the_write_lock(tmp_path: Path) -> None:
     """Below the hard limit the checkpointer never takes the writer lock (PASSIVE)."""
     db = tmp_path / "w.db"
-    store = Store(db, checkpoint="manual")
+    store = manual_store(db)
     ckpt = Checkpointer(db)
     try:
-        store.ensure_zone(ZONE, 0.0)
-        for i in range(20):
-            commit(store, i)
         with locks_held_elsewhere(db, WAL_WRITE_LOCK):
             busy, log, copied = ckpt.checkpoint()
         assert busy == 0 and log > 20 and copied == log
@@ -252,13 +254,10 @@ def _burst(port: int, key: dns.tsig.Key, acked: list[str]) -> None:
                 up = dns.update.UpdateMessage(ZONE, keyring=key)
                 up.add(name, 60, "A", f"10.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}")
                 up.add(name, 60, "TXT", f'"burst {i}"')
-                wire = up.to_wire()
-                sock.sendall(struct.pack("!H", len(wire)) + wire)
-                header = sock.recv(2, socket.MSG_WAITALL)
-                if len(header) < 2:
+                ok = tcp_update_ok(sock, up)
+                if ok is None:
                     return
-                reply = sock.recv(struct.unpack("!H", header)[0], socket.MSG_WAITALL)
-                if dns.message.from_wire(reply, keyring=False).rcode() == dns.rcode.NOERROR:
+                if ok:
                     acked.append(name)
     except OSError:
         return

@@ -15,7 +15,7 @@ import dns.message
 import dns.rcode
 import dns.update
 
-from tests.server.serve_proc import ServeProc, account_key, names, rcode
+from tests.server.serve_proc import ServeProc, account_key, names, rcode, tcp_update_ok
 
 BOB = "bob.members.example."
 LEASE = dns.edns.OptionType.make(2)
@@ -31,13 +31,10 @@ def _burst(port: int, account: Path, acked: list[str], stop: threading.Event) ->
                 name = f"burst-{i}.{BOB}"
                 up = dns.update.UpdateMessage(BOB, keyring=key)
                 up.add(name, 60, "A", f"10.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}")
-                wire = up.to_wire()
-                sock.sendall(struct.pack("!H", len(wire)) + wire)
-                header = sock.recv(2, socket.MSG_WAITALL)
-                if len(header) < 2:
+                ok = tcp_update_ok(sock, up)
+                if ok is None:
                     return
-                reply = sock.recv(struct.unpack("!H", header)[0], socket.MSG_WAITALL)
-                if dns.message.from_wire(reply, keyring=False).rcode() == dns.rcode.NOERROR:
+                if ok:
                     acked.append(name)
     except OSError:
         return
