@@ -242,16 +242,8 @@ class TcpSegmenter:
         elif last:
             _U16.pack_into(out, 4, tcp_len)
         seq = (self.seq + index * mss) & 0xFFFFFFFF
-        if n <= 1500:  # ones_sum(chunk), inlined for the usual segment sizes
-            x = int.from_bytes(chunk, "big")
-            if n & 1:
-                x <<= 8
-            x = (x >> 4800) + (x & _M4800)
-            x = (x >> 2400) + (x & _M2400)
-            x = (x >> 1200) + (x & _M1200)
-        else:
-            x = ones_sum(chunk)
-        total = self._base + tcp_len + self._sums[kind] + (seq >> 16) + (seq & 0xFFFF) + x
+        total = (self._base + tcp_len + self._sums[kind] + (seq >> 16) + (seq & 0xFFFF)
+                 + ones_sum(chunk))
         # sequence number, (ack, offset, flags, window from the template), checksum
         _SEQ_CSUM.pack_into(out, self.ip_len + 4, seq, self._mids[kind], 0xFFFF - total % 0xFFFF)
         return end
